@@ -1,0 +1,82 @@
+package apify
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"unicode"
+	"unicode/utf8"
+)
+
+// RequestQueueClient is a handle on one request queue. It is cheap to make,
+// does no I/O, and is safe for concurrent use.
+type RequestQueueClient struct {
+	c   *Client
+	id  string
+	err error // why id is invalid; every call returns it before any I/O
+
+	base   endpoint // /v2/request-queues/{queueId}
+	unlock endpoint // .../requests/unlock, built once: it is the hot path
+}
+
+// RequestQueue returns a handle on the queue with the given ID: a queue ID
+// such as "WkzbQMuFYuamGv3YF", "username~queue-name", or "~queue-name" for the
+// token owner's queue (the named forms need a token).
+//
+// The ID goes into the URL as one escaped path segment, so no character can
+// cut the path or move it into the query. An invalid ID (empty, "." or "..",
+// not UTF-8, or holding control characters) is reported, wrapping
+// [ErrInvalidQueueID], by every call on the handle, before any I/O.
+func (c *Client) RequestQueue(queueID string) *RequestQueueClient {
+	q := &RequestQueueClient{c: c, id: queueID}
+	if err := validateQueueID(queueID); err != nil {
+		q.err = fmt.Errorf("apify: %w: %w", ErrInvalidQueueID, err)
+		return q
+	}
+	q.base = endpoint{
+		path:    c.basePath + "/v2/request-queues/" + queueID,
+		rawPath: c.baseRawPath + "/v2/request-queues/" + url.PathEscape(queueID),
+	}
+	q.unlock = q.endpoint("/requests/unlock")
+	return q
+}
+
+// ID returns the queue ID the handle was made with.
+func (q *RequestQueueClient) ID() string { return q.id }
+
+// endpoint returns the path of an operation below the queue; suffix must
+// need no escaping (request IDs are escaped by the caller).
+func (q *RequestQueueClient) endpoint(suffix string) endpoint {
+	return endpoint{path: q.base.path + suffix, rawPath: q.base.rawPath + suffix}
+}
+
+func validateQueueID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("the queue ID is empty")
+	case id == "." || id == "..":
+		return fmt.Errorf("the queue ID %q is a dot segment, which servers and proxies resolve away", id)
+	case !utf8.ValidString(id):
+		return errors.New("the queue ID is not valid UTF-8")
+	}
+	for i, r := range id {
+		if unicode.IsControl(r) {
+			return fmt.Errorf("the queue ID has a control character (%U) at byte %d", r, i)
+		}
+	}
+	return nil
+}
+
+// String describes the handle, without the Client's token.
+func (q *RequestQueueClient) String() string {
+	if q == nil {
+		return "apify.RequestQueueClient(nil)"
+	}
+	return fmt.Sprintf("apify.RequestQueueClient{queueID: %q, client: %s}", q.id, q.c)
+}
+
+// Format makes every fmt verb print [RequestQueueClient.String].
+func (q *RequestQueueClient) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(q.String())) }
+
+// GoString implements fmt.GoStringer like [RequestQueueClient.String].
+func (q *RequestQueueClient) GoString() string { return q.String() }

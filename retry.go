@@ -1,0 +1,262 @@
+package apify
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-retryablehttp"
+)
+
+// call is the state of one API call across its attempts. go-retryablehttp
+// drives the loop; its hooks are methods of call, because the Backoff hook
+// gets no context and per-call state (the attempt number, why the last
+// attempt failed, the ctx for log records) has to reach it somehow.
+type call struct {
+	rc  retryablehttp.Client
+	c   *Client
+	ctx context.Context
+	req apiRequest
+
+	attempts int       // attempts started so far
+	start    time.Time // when the current attempt started (only kept for logging)
+	reason   string    // why the last attempt is being retried
+	last     *APIError // the last retried response, for a ctx that ends during the wait
+}
+
+// beforeAttempt is the RequestLogHook: retryablehttp calls it before every attempt.
+func (cl *call) beforeAttempt(_ retryablehttp.Logger, _ *http.Request, retry int) {
+	cl.attempts = retry + 1
+	if cl.c.logger != nil {
+		cl.start = time.Now()
+	}
+}
+
+// checkRetry is the CheckRetry hook: the retry policy of the Client.
+func (cl *call) checkRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	cl.logAttempt(resp, err)
+	reason := retryReason(resp, err, cl.req.idempotent)
+	if reason == "" {
+		return false, nil // a success, a final error, or a response that must not be repeated
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return false, ctxErr // never retry for a caller that has gone
+	}
+	cl.last = nil
+	if resp != nil {
+		cl.last = cl.apiError(resp, responseBody(resp))
+	}
+	if cl.attempts > cl.c.maxRetries {
+		return false, nil // no retries left: the last failure is the result
+	}
+	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < cl.c.shortestWait(resp) {
+		// The wait would outlast the caller's deadline: report the failure
+		// now rather than sleep into a bare context.DeadlineExceeded.
+		return false, nil
+	}
+	cl.reason = reason
+	return true, nil
+}
+
+// backoff is the Backoff hook: it picks the wait before retry n (from 0) and
+// logs the retry.
+func (cl *call) backoff(_, _ time.Duration, n int, resp *http.Response) time.Duration {
+	wait := cl.c.retryWait(n, resp)
+	if l := cl.c.logger; l != nil && l.Enabled(cl.ctx, slog.LevelWarn) {
+		l.LogAttrs(cl.ctx, slog.LevelWarn, "apify: retrying",
+			slog.String("method", cl.req.method),
+			slog.String("path", cl.req.ep.rawPath),
+			slog.Int("attempt", cl.attempts),
+			slog.String("reason", cl.reason),
+			slog.Duration("wait", wait))
+	}
+	return wait
+}
+
+func (cl *call) logAttempt(resp *http.Response, err error) {
+	l := cl.c.logger
+	if l == nil || !l.Enabled(cl.ctx, slog.LevelDebug) {
+		return
+	}
+	status := 0
+	if resp != nil {
+		status = resp.StatusCode
+	}
+	attrs := []slog.Attr{
+		slog.String("method", cl.req.method),
+		slog.String("path", cl.req.ep.rawPath),
+		slog.Int("attempt", cl.attempts),
+		slog.Int("status", status),
+		slog.Duration("duration", time.Since(cl.start)),
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("error", unwrapURLError(err).Error()))
+	}
+	l.LogAttrs(cl.ctx, slog.LevelDebug, "apify: attempt", attrs...)
+}
+
+func (cl *call) apiError(resp *http.Response, body []byte) *APIError {
+	return newAPIError(cl.req.method, cl.req.ep.rawPath, resp.StatusCode, resp.Header, body, cl.attempts)
+}
+
+// requestError builds the error of a call that ended without a usable
+// response. resp, when not nil, is the last attempt's response.
+func (cl *call) requestError(err error, resp *http.Response, body []byte) error {
+	re := &RequestError{
+		Method:   cl.req.method,
+		Path:     cl.req.ep.rawPath,
+		Attempts: cl.attempts,
+		Err:      unwrapURLError(err),
+	}
+	switch {
+	case resp != nil && (resp.StatusCode < 200 || resp.StatusCode > 299):
+		re.Last = cl.apiError(resp, body)
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		re.Last = cl.last
+	}
+	return re
+}
+
+// retryReason is the retry policy, a chain of small classifiers: it returns
+// why the attempt should be retried, or "" when it must not be.
+func retryReason(resp *http.Response, err error, idempotent bool) string {
+	if err != nil {
+		if idempotent {
+			return transientError(err)
+		}
+		return notSentError(err)
+	}
+	if resp.StatusCode == http.StatusTooManyRequests {
+		return "rate limited (429)" // the API did not process the request
+	}
+	if idempotent && retryableStatus(resp.StatusCode) {
+		return "server error (" + strconv.Itoa(resp.StatusCode) + ")"
+	}
+	return ""
+}
+
+// retryableStatus reports the statuses worth retrying: 429 and the 5xx that
+// mean "try again", but not 501 Not Implemented or other permanent 5xx.
+func retryableStatus(code int) bool {
+	switch code {
+	case http.StatusTooManyRequests, http.StatusInternalServerError, http.StatusBadGateway,
+		http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
+}
+
+// transientError says why a failed attempt is worth repeating, or "" when
+// it is not (a TLS or certificate failure, a host that does not exist, a
+// response that cannot be decoded, the caller's context ending). Errors are
+// classified by type, not by their text.
+func transientError(err error) string {
+	var timeout *attemptTimeoutError
+	var dnsErr *net.DNSError
+	var bodyErr *bodyReadError
+	var opErr *net.OpError
+	switch {
+	case errors.As(err, &timeout):
+		return timeout.Error()
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrUnexpectedResponse):
+		return ""
+	case errors.As(err, &dnsErr):
+		if dnsErr.IsTemporary || dnsErr.IsTimeout {
+			return "DNS lookup failed: " + dnsErr.Err
+		}
+		return ""
+	case errors.As(err, &bodyErr):
+		return "response body cut off"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNABORTED), errors.Is(err, syscall.EPIPE):
+		return "connection reset"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed before the response"
+	case errors.As(err, &opErr):
+		return "network error (" + opErr.Op + ")"
+	}
+	return ""
+}
+
+// notSentError says why a failed attempt of a call that must not be
+// repeated may still be retried: the request never reached the server.
+func notSentError(err error) string {
+	var opErr *net.OpError
+	if errors.As(err, &opErr) && opErr.Op == "dial" {
+		return "could not connect (" + opErr.Err.Error() + ")"
+	}
+	return ""
+}
+
+// retryWait is the wait before retry n (from 0): the response's Retry-After
+// when it is a 429 or 503 that has one, else exponential backoff with full
+// jitter, always within [waitMin, waitMax].
+func (c *Client) retryWait(n int, resp *http.Response) time.Duration {
+	if d, ok := retryAfterHint(resp); ok {
+		return min(max(d, c.waitMin), c.waitMax)
+	}
+	upper := c.waitMax
+	if n < 62 && c.waitMin <= c.waitMax>>(n+1) {
+		upper = c.waitMin << (n + 1)
+	}
+	if upper <= c.waitMin {
+		return c.waitMin
+	}
+	return c.waitMin + time.Duration(c.randN(int64(upper-c.waitMin)+1))
+}
+
+// shortestWait is the least retryWait can return for resp.
+func (c *Client) shortestWait(resp *http.Response) time.Duration {
+	if d, ok := retryAfterHint(resp); ok {
+		return min(max(d, c.waitMin), c.waitMax)
+	}
+	return c.waitMin
+}
+
+// retryAfterHint returns the Retry-After of a 429 or 503 response.
+func retryAfterHint(resp *http.Response) (time.Duration, bool) {
+	if resp == nil || (resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable) {
+		return 0, false
+	}
+	return parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+}
+
+// parseRetryAfter reads a Retry-After value: delay-seconds or an HTTP date
+// (RFC 9110, section 10.2.3). Absurd delays saturate instead of overflowing;
+// a date in the past means no wait; anything else is no hint at all.
+func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if isDigits(v) {
+		secs, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || secs > math.MaxInt64/int64(time.Second) {
+			return time.Duration(math.MaxInt64), true // out of range: "a very long time"
+		}
+		return time.Duration(secs) * time.Second, true
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	return max(t.Sub(now), 0), true
+}
+
+func isDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}

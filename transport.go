@@ -1,0 +1,154 @@
+package apify
+
+import (
+	"compress/flate"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+)
+
+// attemptTransport makes one attempt: it bounds the attempt by the Client's
+// timeout and reads the whole response body (up to maxBodyBytes) before
+// returning, so that
+//
+//   - the timeout covers the body too, and a body that stops arriving is a
+//     failed attempt that can be retried like any network error;
+//   - every body is read to EOF and closed, and its connection goes back to
+//     the pool, whatever the caller does next;
+//   - the attempt's context is cancelled only after the body is read, so the
+//     connection is never thrown away by the cancel.
+//
+// It deliberately has no CloseIdleConnections method: go-retryablehttp calls
+// http.Client.CloseIdleConnections after every failure, and that must never
+// empty a pool the caller shares with other code.
+type attemptTransport struct {
+	base    http.RoundTripper
+	timeout time.Duration
+}
+
+// errAttemptDeadline is the cause of an attempt context that timed out,
+// telling it apart from the caller's own context ending.
+var errAttemptDeadline = errors.New("attempt deadline")
+
+func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithTimeoutCause(req.Context(), t.timeout, errAttemptDeadline)
+	defer cancel()
+	resp, err := t.base.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		return nil, t.attemptError(ctx, err)
+	}
+	body, err := readBounded(resp.Body, resp.ContentLength, maxBodyBytes)
+	if err != nil {
+		return nil, t.attemptError(ctx, &bodyReadError{err: err})
+	}
+	resp.Body = body
+	resp.ContentLength = int64(len(body.data))
+	return resp, nil
+}
+
+// attemptError marks err as an attempt timeout when this attempt's own
+// deadline ended it (and not the caller's context).
+func (t *attemptTransport) attemptError(ctx context.Context, err error) error {
+	if context.Cause(ctx) == errAttemptDeadline {
+		return &attemptTimeoutError{timeout: t.timeout, err: err}
+	}
+	return err
+}
+
+// attemptTimeoutError reports an attempt cut off by the per-attempt timeout.
+type attemptTimeoutError struct {
+	timeout time.Duration
+	err     error
+}
+
+func (e *attemptTimeoutError) Error() string {
+	return fmt.Sprintf("attempt timed out after %v", e.timeout)
+}
+
+// Is makes errors.Is(err, ErrAttemptTimeout) hold.
+func (e *attemptTimeoutError) Is(target error) bool { return target == ErrAttemptTimeout }
+
+// Timeout reports true, as net.Error timeouts do.
+func (e *attemptTimeoutError) Timeout() bool { return true }
+
+// bodyReadError reports a response body that could not be read to its end.
+type bodyReadError struct{ err error }
+
+func (e *bodyReadError) Error() string { return "reading response body: " + e.err.Error() }
+func (e *bodyReadError) Unwrap() error { return e.err }
+
+// Is makes a body that cannot be decoded (a broken gzip or deflate stream)
+// an unexpected response: no retry can fix it.
+func (e *bodyReadError) Is(target error) bool {
+	return target == ErrUnexpectedResponse && corruptEncoding(e.err)
+}
+
+func corruptEncoding(err error) bool {
+	var flateErr flate.CorruptInputError
+	return errors.Is(err, gzip.ErrHeader) || errors.Is(err, gzip.ErrChecksum) || errors.As(err, &flateErr)
+}
+
+// bufferedBody is a response body already read into memory.
+type bufferedBody struct {
+	data      []byte
+	off       int
+	truncated bool // the body was longer than maxBodyBytes; data holds its start
+}
+
+func (b *bufferedBody) Read(p []byte) (int, error) {
+	if b.off >= len(b.data) {
+		return 0, io.EOF
+	}
+	n := copy(p, b.data[b.off:])
+	b.off += n
+	return n, nil
+}
+
+func (b *bufferedBody) Close() error { return nil }
+
+// readBounded reads rc to EOF, keeping at most limit bytes, and closes it.
+// A body longer than limit is not drained (that could take forever): its
+// start is kept, marked truncated, and its connection is dropped.
+func readBounded(rc io.ReadCloser, contentLength int64, limit int) (*bufferedBody, error) {
+	defer rc.Close()
+	size := 512
+	if contentLength >= 0 && contentLength < int64(limit) {
+		size = int(contentLength) + 1 // +1 leaves room to see EOF without growing
+	}
+	buf := make([]byte, 0, size)
+	for {
+		if len(buf) > limit {
+			return &bufferedBody{data: buf[:limit], truncated: true}, nil
+		}
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := rc.Read(buf[len(buf):min(cap(buf), limit+1)])
+		buf = buf[:len(buf)+n]
+		switch {
+		case err == io.EOF && len(buf) <= limit:
+			return &bufferedBody{data: buf}, nil
+		case err != nil && err != io.EOF:
+			return nil, err
+		}
+	}
+}
+
+// responseBody returns the bytes of a response read by attemptTransport,
+// which is always the outermost transport of Client.hc.
+func responseBody(resp *http.Response) []byte {
+	if b, ok := resp.Body.(*bufferedBody); ok {
+		return b.data
+	}
+	return nil
+}
+
+// bodyTruncated reports whether the response body was cut at maxBodyBytes.
+func bodyTruncated(resp *http.Response) bool {
+	b, ok := resp.Body.(*bufferedBody)
+	return ok && b.truncated
+}
