@@ -377,9 +377,10 @@ type apiRequest struct {
 	method string
 	ep     endpoint
 	query  string // encoded, without "?"
+	body  []byte // JSON, or nil for no body
 	// idempotent says a repeat does no harm, so the call is retried after any
 	// transient failure. Otherwise it is retried only when the request cannot
-	// have been processed (429, or the connection was refused).
+	// have been processed (429, or the connection could not be made).
 	idempotent bool
 }
 
@@ -388,6 +389,21 @@ type apiResponse struct {
 	method, path string
 	status       int
 	body         []byte
+}
+
+// decodeData unmarshals the API's success envelope {"data": ...} and returns
+// its data, which must be present.
+func decodeData[T any](r apiResponse) (*T, error) {
+	var env struct {
+		Data *T `json:"data"`
+	}
+	if err := r.decode(&env); err != nil {
+		return nil, err
+	}
+	if env.Data == nil {
+		return nil, r.unexpected("no data object")
+	}
+	return env.Data, nil
 }
 
 // decode unmarshals the body into dst.
@@ -416,11 +432,14 @@ func (c *Client) do(ctx context.Context, r apiRequest) (apiResponse, error) {
 	if r.ep.rawPath != r.ep.path {
 		u.RawPath = r.ep.rawPath
 	}
-	h := make(http.Header, 3)
+	h := make(http.Header, 4)
 	h["Accept"] = acceptJSON
 	h["User-Agent"] = c.userAgent
 	if c.token != nil {
 		h["Authorization"] = c.token.header
+	}
+	if r.body != nil {
+		h["Content-Type"] = acceptJSON
 	}
 	hreq := (&http.Request{
 		Method:     r.method,
@@ -443,7 +462,14 @@ func (c *Client) do(ctx context.Context, r apiRequest) (apiResponse, error) {
 		Backoff:        cl.backoff,
 		ErrorHandler:   keepLastResponse,
 	}
-	resp, err := cl.rc.Do(&retryablehttp.Request{Request: hreq})
+	rreq := &retryablehttp.Request{Request: hreq}
+	if r.body != nil {
+		// retryablehttp replays a []byte body on every attempt.
+		if err := rreq.SetBody(r.body); err != nil {
+			return apiResponse{}, err
+		}
+	}
+	resp, err := cl.rc.Do(rreq)
 	var body []byte
 	if resp != nil {
 		body = responseBody(resp)

@@ -53,25 +53,22 @@ func (q *RequestQueueClient) UnlockRequests(ctx context.Context, clientKey strin
 	if err != nil {
 		return nil, err
 	}
-	var env struct {
-		Data *struct {
-			UnlockedCount *int64 `json:"unlockedCount"`
-		} `json:"data"`
-	}
-	if err := resp.decode(&env); err != nil {
+	data, err := decodeData[struct {
+		UnlockedCount *int64 `json:"unlockedCount"`
+	}](resp)
+	if err != nil {
 		return nil, err
 	}
-	switch {
-	case env.Data == nil:
-		return nil, resp.unexpected("no data object")
-	case env.Data.UnlockedCount == nil:
+	switch n := data.UnlockedCount; {
+	case n == nil:
 		return nil, resp.unexpected("data.unlockedCount is missing")
-	case *env.Data.UnlockedCount < 0:
-		return nil, resp.unexpected(fmt.Sprintf("data.unlockedCount is negative (%d)", *env.Data.UnlockedCount))
-	case int64(int(*env.Data.UnlockedCount)) != *env.Data.UnlockedCount:
+	case *n < 0:
+		return nil, resp.unexpected(fmt.Sprintf("data.unlockedCount is negative (%d)", *n))
+	case int64(int(*n)) != *n:
 		return nil, resp.unexpected("data.unlockedCount does not fit in an int")
+	default:
+		return &UnlockRequestsResult{UnlockedCount: int(*n)}, nil
 	}
-	return &UnlockRequestsResult{UnlockedCount: int(*env.Data.UnlockedCount)}, nil
 }
 
 // validateClientKey checks a clientKey the way the API documents it: 1 to 32
