@@ -377,7 +377,7 @@ type apiRequest struct {
 	method string
 	ep     endpoint
 	query  string // encoded, without "?"
-	body  []byte // JSON, or nil for no body
+	body   []byte // JSON, or nil for no body
 	// idempotent says a repeat does no harm, so the call is retried after any
 	// transient failure. Otherwise it is retried only when the request cannot
 	// have been processed (429, or the connection could not be made).

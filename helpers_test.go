@@ -3,6 +3,7 @@ package apify
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -155,3 +156,5 @@ func blockUntilDone(_ http.ResponseWriter, r *http.Request) { <-r.Context().Done
 func unlock(c *Client, queueID, clientKey string) (*UnlockRequestsResult, error) {
 	return c.RequestQueue(queueID).UnlockRequests(context.Background(), clientKey)
 }
+
+func slogNew(h slog.Handler) *slog.Logger { return slog.New(h) }

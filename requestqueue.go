@@ -1,7 +1,6 @@
 package apify
 
 import (
-	"errors"
 	"fmt"
 	"net/url"
 	"unicode"
@@ -50,18 +49,37 @@ func (q *RequestQueueClient) endpoint(suffix string) endpoint {
 	return endpoint{path: q.base.path + suffix, rawPath: q.base.rawPath + suffix}
 }
 
-func validateQueueID(id string) error {
+// requestEndpoint returns the path of an operation on one request, with the
+// request ID escaped as one path segment, or why the ID (or the queue's) is
+// invalid.
+func (q *RequestQueueClient) requestEndpoint(requestID, suffix string) (endpoint, error) {
+	if q.err != nil {
+		return endpoint{}, q.err
+	}
+	if err := validateID("request ID", requestID); err != nil {
+		return endpoint{}, fmt.Errorf("apify: %w: %w", ErrInvalidInput, err)
+	}
+	return endpoint{
+		path:    q.base.path + "/requests/" + requestID + suffix,
+		rawPath: q.base.rawPath + "/requests/" + url.PathEscape(requestID) + suffix,
+	}, nil
+}
+
+func validateQueueID(id string) error { return validateID("queue ID", id) }
+
+// validateID checks an ID that goes into the path as one segment.
+func validateID(what, id string) error {
 	switch {
 	case id == "":
-		return errors.New("the queue ID is empty")
+		return fmt.Errorf("the %s is empty", what)
 	case id == "." || id == "..":
-		return fmt.Errorf("the queue ID %q is a dot segment, which servers and proxies resolve away", id)
+		return fmt.Errorf("the %s %q is a dot segment, which servers and proxies resolve away", what, id)
 	case !utf8.ValidString(id):
-		return errors.New("the queue ID is not valid UTF-8")
+		return fmt.Errorf("the %s is not valid UTF-8", what)
 	}
 	for i, r := range id {
 		if unicode.IsControl(r) {
-			return fmt.Errorf("the queue ID has a control character (%U) at byte %d", r, i)
+			return fmt.Errorf("the %s has a control character (%U) at byte %d", what, r, i)
 		}
 	}
 	return nil

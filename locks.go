@@ -1,0 +1,243 @@
+package apify
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// MaxLockHeadLimit is the most requests one [RequestQueueClient.ListAndLockHead] call may lock.
+const MaxLockHeadLimit = 25
+
+// LockHeadOptions configures [RequestQueueClient.ListAndLockHead].
+type LockHeadOptions struct {
+	// Limit is how many requests to lock, 1 to MaxLockHeadLimit.
+	Limit int
+	// LockDuration is how long the locks last, rounded up to whole seconds;
+	// it must be positive.
+	LockDuration time.Duration
+	// ClientKey identifies the locking client (see DefaultClientKey). Empty
+	// sends none: inside an Actor run the locks then belong to the run.
+	ClientKey string
+}
+
+// LockedHead is the result of [RequestQueueClient.ListAndLockHead].
+type LockedHead struct {
+	// Items are the requests now locked by the caller, in queue order.
+	// Fewer than Limit (even none) means the queue had no more unlocked
+	// pending requests.
+	Items []LockedRequest
+	// LockDuration is the lock time the API applied.
+	LockDuration time.Duration
+	// QueueHasLockedRequests reports whether any client holds locks in the
+	// queue, the caller included: with no Items it tells "finished" (false)
+	// from "others are still working" (true).
+	QueueHasLockedRequests bool
+	// HadMultipleClients reports whether more than one client has used the queue.
+	HadMultipleClients bool
+	// QueueModifiedAt is when the queue last changed.
+	QueueModifiedAt time.Time
+	// ClientKey is the clientKey the locks were taken under, as the API echoes it.
+	ClientKey string
+}
+
+// lockedHeadData is the data of the head/lock response as the API sends it.
+type lockedHeadData struct {
+	Items                  *[]LockedRequest `json:"items"`
+	LockSecs               *float64         `json:"lockSecs"`
+	QueueHasLockedRequests bool             `json:"queueHasLockedRequests"`
+	HadMultipleClients     bool             `json:"hadMultipleClients"`
+	QueueModifiedAt        time.Time        `json:"queueModifiedAt"`
+	ClientKey              string           `json:"clientKey"`
+}
+
+// LockedRequest is a request locked by [RequestQueueClient.ListAndLockHead].
+type LockedRequest struct {
+	ID            string    `json:"id"`
+	UniqueKey     string    `json:"uniqueKey"`
+	URL           string    `json:"url"`
+	Method        string    `json:"method"`
+	RetryCount    int       `json:"retryCount"`
+	LockExpiresAt time.Time `json:"lockExpiresAt"`
+}
+
+// ListAndLockHead locks up to opts.Limit requests from the head of the queue
+// for opts.LockDuration and returns them. Until a lock ends (it expires, the
+// holder deletes it, marks the request handled, or calls UnlockRequests), no
+// other client sees the request.
+//
+// It is retried only when the API cannot have taken the locks (a 429, or no
+// connection could be made): after a lost response a blind retry would lock
+// a second batch, and the first would sit unseen until its locks expired.
+//
+// It calls POST /v2/request-queues/{queueId}/head/lock.
+func (q *RequestQueueClient) ListAndLockHead(ctx context.Context, opts LockHeadOptions) (*LockedHead, error) {
+	if q.err != nil {
+		return nil, q.err
+	}
+	if opts.Limit < 1 || opts.Limit > MaxLockHeadLimit {
+		return nil, fmt.Errorf("apify: %w: LockHeadOptions.Limit is %d; it must be 1 to %d", ErrInvalidInput, opts.Limit, MaxLockHeadLimit)
+	}
+	lockSecs, err := lockSeconds("LockHeadOptions", opts.LockDuration)
+	if err != nil {
+		return nil, err
+	}
+	if err := validateClientKey(opts.ClientKey); err != nil {
+		return nil, err
+	}
+	resp, err := q.c.do(ctx, apiRequest{
+		method: http.MethodPost,
+		ep:     q.endpoint("/head/lock"),
+		query:  query{}.add("limit", strconv.Itoa(opts.Limit)).add("lockSecs", lockSecs).add("clientKey", opts.ClientKey).encode(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	head, err := decodeData[lockedHeadData](resp)
+	if err != nil {
+		return nil, err
+	}
+	if head.Items == nil {
+		return nil, resp.unexpected("data.items is missing")
+	}
+	for i, it := range *head.Items {
+		if it.ID == "" || it.LockExpiresAt.IsZero() {
+			return nil, resp.unexpected(fmt.Sprintf("data.items[%d] has no id or lockExpiresAt", i))
+		}
+	}
+	out := &LockedHead{
+		Items:                  *head.Items,
+		QueueHasLockedRequests: head.QueueHasLockedRequests,
+		HadMultipleClients:     head.HadMultipleClients,
+		QueueModifiedAt:        head.QueueModifiedAt,
+		ClientKey:              head.ClientKey,
+	}
+	if head.LockSecs != nil && *head.LockSecs > 0 && *head.LockSecs < math.MaxInt32 {
+		out.LockDuration = time.Duration(*head.LockSecs * float64(time.Second))
+	}
+	return out, nil
+}
+
+// ProlongLockOptions configures [RequestQueueClient.ProlongRequestLock].
+type ProlongLockOptions struct {
+	// LockDuration is the new lock time, counted from now and rounded up to
+	// whole seconds; it must be positive.
+	LockDuration time.Duration
+	// ClientKey must be the key the lock was taken with.
+	ClientKey string
+	// Forefront puts the request at the front of the queue when the lock
+	// ends, instead of the back.
+	Forefront bool
+}
+
+// ProlongRequestLock extends the caller's lock on a request to
+// opts.LockDuration from now and returns the new expiry. Only the holder of
+// the lock (same clientKey, or same Actor run) may prolong it.
+//
+// Prolonging is idempotent (each call sets the expiry from now), so it is
+// retried like UnlockRequests.
+//
+// It calls PUT /v2/request-queues/{queueId}/requests/{requestId}/lock.
+func (q *RequestQueueClient) ProlongRequestLock(ctx context.Context, requestID string, opts ProlongLockOptions) (time.Time, error) {
+	ep, err := q.requestEndpoint(requestID, "/lock")
+	if err != nil {
+		return time.Time{}, err
+	}
+	lockSecs, err := lockSeconds("ProlongLockOptions", opts.LockDuration)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if err := validateClientKey(opts.ClientKey); err != nil {
+		return time.Time{}, err
+	}
+	resp, err := q.c.do(ctx, apiRequest{
+		method:     http.MethodPut,
+		ep:         ep,
+		query:      query{}.add("lockSecs", lockSecs).add("clientKey", opts.ClientKey).addBool("forefront", opts.Forefront).encode(),
+		idempotent: true,
+	})
+	if err != nil {
+		return time.Time{}, err
+	}
+	data, err := decodeData[struct {
+		LockExpiresAt time.Time `json:"lockExpiresAt"`
+	}](resp)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if data.LockExpiresAt.IsZero() {
+		return time.Time{}, resp.unexpected("data.lockExpiresAt is missing")
+	}
+	return data.LockExpiresAt, nil
+}
+
+// DeleteLockOptions configures [RequestQueueClient.DeleteRequestLock].
+type DeleteLockOptions struct {
+	// ClientKey must be the key the lock was taken with.
+	ClientKey string
+	// Forefront puts the request back at the front of the queue instead of the back.
+	Forefront bool
+}
+
+// DeleteRequestLock releases the caller's lock on one request, making it
+// pending again. Only the holder of the lock may delete it.
+//
+// It is retried like UnlockRequests: releasing a lock twice does no harm.
+// When an earlier attempt's response was lost, a later one may find the
+// lock already gone and report that as an *APIError (Attempts > 1).
+//
+// It calls DELETE /v2/request-queues/{queueId}/requests/{requestId}/lock.
+func (q *RequestQueueClient) DeleteRequestLock(ctx context.Context, requestID string, opts DeleteLockOptions) error {
+	ep, err := q.requestEndpoint(requestID, "/lock")
+	if err != nil {
+		return err
+	}
+	if err := validateClientKey(opts.ClientKey); err != nil {
+		return err
+	}
+	_, err = q.c.do(ctx, apiRequest{
+		method:     http.MethodDelete,
+		ep:         ep,
+		query:      query{}.add("clientKey", opts.ClientKey).addBool("forefront", opts.Forefront).encode(),
+		idempotent: true,
+	})
+	return err
+}
+
+// lockSeconds renders a lock duration as the API's lockSecs: whole seconds,
+// rounded up so a lock never ends before the caller asked.
+func lockSeconds(opt string, d time.Duration) (string, error) {
+	if d <= 0 {
+		return "", fmt.Errorf("apify: %w: %s.LockDuration is %v; it must be positive", ErrInvalidInput, opt, d)
+	}
+	secs := (d + time.Second - 1) / time.Second
+	return strconv.FormatInt(int64(secs), 10), nil
+}
+
+// query builds an encoded query string, leaving out empty values.
+type query []byte
+
+func (b query) add(key, value string) query {
+	if value == "" {
+		return b
+	}
+	if len(b) > 0 {
+		b = append(b, '&')
+	}
+	b = append(b, key...)
+	b = append(b, '=')
+	return append(b, url.QueryEscape(value)...)
+}
+
+func (b query) addBool(key string, v bool) query {
+	if !v {
+		return b
+	}
+	return b.add(key, "true")
+}
+
+func (b query) encode() string { return string(b) }
