@@ -108,10 +108,10 @@ func (s *Server) FailNext(op Operation, n int, f Fault) {
 		panic(fmt.Sprintf("apifytest: FailNext: unknown operation %q", op))
 	case n < 0:
 		panic(fmt.Sprintf("apifytest: FailNext: n is %d; it must not be negative", n))
-	case !f.DropConnection && (f.Status < 400 || f.Status > 599):
-		panic(fmt.Sprintf("apifytest: FailNext: Fault.Status %d is not an error status (400 to 599); set DropConnection to drop the connection", f.Status))
 	case n == 0:
 		return
+	case !f.DropConnection && (f.Status < 400 || f.Status > 599):
+		panic(fmt.Sprintf("apifytest: FailNext: Fault.Status %d is not an error status (400 to 599); set DropConnection to drop the connection", f.Status))
 	}
 	s.faults.mu.Lock()
 	defer s.faults.mu.Unlock()

@@ -192,15 +192,16 @@ func (s *Server) Start() {
 	}
 	s.started = true
 	s.URL = "http://" + ln.Addr().String()
-	s.srv = &http.Server{
+	srv := &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          log.New(io.Discard, "", 0),
 	}
-	s.done = make(chan struct{})
+	done := make(chan struct{})
+	s.srv, s.done = srv, done
 	go func() {
-		defer close(s.done)
-		_ = s.srv.Serve(ln)
+		defer close(done)
+		_ = srv.Serve(ln)
 	}()
 }
 
