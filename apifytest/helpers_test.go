@@ -72,6 +72,7 @@ type rawClient struct {
 	t     testing.TB
 	base  string
 	h     http.Handler // serve in memory when set
+	hc    *http.Client // http.DefaultClient when nil
 	token string
 }
 
@@ -129,6 +130,8 @@ func (c *rawClient) do(op Operation, method, path string, body any, header ...st
 	var hr *http.Response
 	if c.h != nil {
 		hr, err = memoryTransport{c.h}.RoundTrip(req)
+	} else if c.hc != nil {
+		hr, err = c.hc.Do(req)
 	} else {
 		hr, err = http.DefaultClient.Do(req)
 	}
