@@ -867,7 +867,7 @@ func (s *Server) serveBatchDelete(w http.ResponseWriter, r *http.Request, c call
 		Unprocessed []draftJSON   `json:"unprocessedRequests"`
 	}{Processed: make([]deletedJSON, len(done)), Unprocessed: make([]draftJSON, len(skipped))}
 	for i, d := range done {
-		out.Processed[i] = deletedJSON{ID: d.ID, UniqueKey: d.UniqueKey}
+		out.Processed[i] = deletedJSON(d)
 	}
 	for i, v := range skipped {
 		out.Unprocessed[i] = draftJSON{ID: v.ID, UniqueKey: v.uniqueKey, URL: v.url, Method: v.method}

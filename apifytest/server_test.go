@@ -242,7 +242,7 @@ func TestLifecycle(t *testing.T) {
 	if a == s.CreateQueue("b") || a != s.CreateQueue("a") || len(a) != 17 {
 		t.Errorf("queue IDs: %q, %q", a, s.CreateQueue("b"))
 	}
-	if s.CreateQueue("") == s.CreateQueue("") {
+	if u1, u2 := s.CreateQueue(""), s.CreateQueue(""); u1 == u2 {
 		t.Error("two unnamed queues share an ID")
 	}
 	func() {
