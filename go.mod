@@ -5,9 +5,7 @@ go 1.25
 require (
 	github.com/hashicorp/go-retryablehttp v0.7.8
 	github.com/stretchr/testify v1.12.1
+	go.yaml.in/yaml/v3 v3.0.5
 )
 
-require (
-	github.com/hashicorp/go-cleanhttp v0.5.2 // indirect
-	go.yaml.in/yaml/v3 v3.0.5 // indirect
-)
+require github.com/hashicorp/go-cleanhttp v0.5.2 // indirect

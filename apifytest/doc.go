@@ -1,0 +1,164 @@
+// Package apifytest is an in-process emulator of Apify's request-queue API
+// that models lock ownership: every lock records who holds it (a clientKey,
+// an Actor run, or both) and until when, so a crawler's lock handling can be
+// tested offline, against real lock semantics, in one line:
+//
+//	srv := apifytest.Start(t)               // or NewServer(); defer srv.Close()
+//	q := srv.CreateQueue("my-queue")
+//	srv.AddRequests(q, apifytest.Request{URL: "https://example.com"})
+//	client := srv.Client()                  // an *apify.Client pointed at srv
+//
+// The server speaks HTTP on a loopback port (Server.URL), so any client in any
+// language can use it, including Apify's official JavaScript and Python
+// clients (set APIFY_API_BASE_URL to the URL); the apify-rq command serves it
+// standalone. [Server.Handler] serves it in memory, for example inside a
+// testing/synctest bubble together with a server made by [NewUnstartedServer]
+// (whose Client calls the handler without sockets).
+//
+// # The API served
+//
+// The 15 operations on 8 paths of Apify's OpenAPI document for request
+// queues, plus get-or-create from Apify's API reference (POST
+// /v2/request-queues, operationId requestQueues_post), with the spec's paths,
+// parameters, status codes and {"data": ...} / {"error": {"type", "message"}}
+// envelopes:
+//
+//	POST   /v2/request-queues?name=N                         get or create (201 created, 200 existing)
+//	GET    /v2/request-queues/{queueId}                      also username~name and ~name
+//	PUT    /v2/request-queues/{queueId}                      rename, generalAccess
+//	DELETE /v2/request-queues/{queueId}
+//	GET    /v2/request-queues/{queueId}/requests             limit, cursor, exclusiveStartId, filter=locked,pending
+//	POST   /v2/request-queues/{queueId}/requests             add (forefront)
+//	POST   /v2/request-queues/{queueId}/requests/batch       add up to 25
+//	DELETE /v2/request-queues/{queueId}/requests/batch       delete up to 25, by id or uniqueKey
+//	POST   /v2/request-queues/{queueId}/requests/unlock      release the caller's locks
+//	GET    /v2/request-queues/{queueId}/requests/{id}
+//	PUT    /v2/request-queues/{queueId}/requests/{id}        update; handledAt marks it handled
+//	DELETE /v2/request-queues/{queueId}/requests/{id}
+//	PUT    /v2/request-queues/{queueId}/requests/{id}/lock   prolong (lockSecs, forefront)
+//	DELETE /v2/request-queues/{queueId}/requests/{id}/lock   delete the lock (forefront)
+//	GET    /v2/request-queues/{queueId}/head                 pending requests, unlocked only
+//	POST   /v2/request-queues/{queueId}/head/lock            lock up to 25 (lockSecs, limit, clientKey)
+//
+// Requests get the IDs Apify gives them (see [RequestID]); adding a
+// uniqueKey that is already there returns wasAlreadyPresent. Locked requests
+// are hidden from head and from other callers' head/lock; an expired lock
+// makes its request pending again; marking a request handled releases its
+// lock. Expired locks are processed lazily at the start of each call on the
+// queue, so with a [ManualClock] nothing happens between calls.
+//
+// # Callers: tokens, users and runs
+//
+// Without tokens every call is made by the default user [DefaultUser]. With
+// [WithToken], [WithUserToken] or [WithRunToken], every call needs one of the
+// configured tokens ("Authorization: Bearer T" or "?token=T"): none gives 401
+// token-not-provided, an unknown one 401 invalid-token. A [WithRunToken]
+// token makes its caller count as inside that Actor run: the locks it takes
+// belong to the run too.
+//
+// # Testing retries and time
+//
+// [Server.FailNext] makes the next n calls of an [Operation] fail with a
+// chosen status, error type and Retry-After, or drop the connection;
+// [Server.Calls] counts the calls an operation received. [WithClock] with a
+// [ManualClock] moves time only when the test says so.
+//
+// # Reading the state
+//
+// [Server.Requests], [Server.Pending], [Server.Locked], [Server.LockedBy],
+// [Server.LockedByRun], [Server.Handled] and [Server.Request] return
+// snapshots ([RequestState], [LockState]) that the test may keep and modify.
+//
+// # Cost
+//
+// Each queue keeps its pending requests in a linked list that holds only
+// pending, unlocked, unhandled requests, its live locks in a min-heap by
+// expiry, and an index from each clientKey and each run to its locks. So
+// head/lock costs O(limit + expired locks), bulk unlock O(k log k) for the
+// caller's k locks, and neither depends on the queue's size. One mutex per
+// server guards the state; the server is safe for concurrent use.
+//
+// # Choices where Apify's docs are silent
+//
+// Where the spec and Apify's documentation do not say what happens, the
+// emulator does the following (each choice is tested):
+//
+//   - Lock holder. A lock is held by the clientKey it was taken with and, when
+//     the token belongs to an Actor run, by that run. A caller holds it when
+//     it sends the same clientKey or calls from inside the same run.
+//   - Touching a lock one does not hold. Prolonging (PUT .../lock) or deleting
+//     (DELETE .../lock) a lock one does not hold gives 403
+//     request-handled-or-locked, whose message names the case: locked by
+//     another client, not locked, "your lock expired at T", or already
+//     handled. A request that does not exist gives 404 record-not-found.
+//   - Handling or deleting work one does not hold. Marking a request handled
+//     (PUT .../requests/{id} with handledAt) or deleting it (DELETE
+//     .../requests/{id}) while someone else holds a live lock on it gives
+//     403 request-handled-or-locked; a batch delete reports such requests
+//     in unprocessedRequests. Updates that do not set handledAt are allowed
+//     to anyone. An unlocked request may be handled by anyone.
+//   - No clientKey. A call without a clientKey counts as a new client (as the
+//     spec says for hadMultipleClients). So outside a run, unlock without a
+//     clientKey returns 200 with unlockedCount 0; inside a run it releases
+//     the run's locks. A lock taken without a clientKey outside a run has no
+//     holder that a later call can prove to be: nobody can prolong, delete
+//     or handle it until it expires (the 403 says so and says to pass a
+//     clientKey). An empty clientKey= counts as none.
+//   - Where requests go when a lock ends. A lock from head/lock, when it
+//     expires, returns its request to the front of the queue; a bulk unlock
+//     returns the caller's requests to the front too. Either way requests
+//     keep the relative order in which they were locked (work taken first
+//     resumes first). Prolonging a lock sets where its request goes when it
+//     expires by its forefront parameter, default false (the back), as the
+//     spec describes that parameter. DELETE .../lock uses its forefront
+//     parameter, default false (the back), as the spec says.
+//   - Updating a request. A pending, unlocked request that is updated moves
+//     to the back of the queue, or to the front with forefront=true (as a
+//     re-added request would); a locked one keeps its lock and its place.
+//     Clearing handledAt puts a handled request back in the queue the same
+//     way. A body "id" that differs from the URL's gives 400
+//     id-does-not-match; a different uniqueKey gives 400 invalid-input.
+//   - Limits. lockSecs is required on head/lock and prolong and must be a
+//     whole number of seconds from 1 to [MaxLockSecs] (one day); "60.0" is
+//     accepted. head/lock's limit is 1 to 25 (default 25); GET head's limit
+//     defaults to 100 and is capped at 1000; the list's limit defaults to
+//     100 and is capped at 10000; a limit below 1 is refused. Refusals are
+//     400 invalid-input naming the parameter and the value.
+//   - clientKey. More than [MaxClientKeyLength] characters (counted as
+//     Unicode code points), invalid UTF-8, or control characters give 400
+//     invalid-client-key.
+//   - Bodies. A JSON body needs Content-Type application/json (else 400
+//     invalid-content-type-header), may be gzip or deflate encoded (other
+//     encodings give 415 unsupported-content-encoding), and may have at most
+//     9437184 bytes (else 413 request-too-large). Malformed JSON, a wrong
+//     JSON type or a missing uniqueKey or url gives 400 invalid-input naming
+//     the field (and, in a batch, the index). uniqueKey is required, as the
+//     spec's RequestWithoutId says; an added request must not carry an id.
+//     Fields outside the spec's RequestBase are dropped, null fields are
+//     omitted, and handledAt is omitted while a request is not handled.
+//   - Batches take 0 to 25 requests. A uniqueKey repeated within a batch add
+//     is reported wasAlreadyPresent; deleting a request that does not exist
+//     counts as processed.
+//   - Listing (GET .../requests) returns requests in the order they were
+//     added; its cursor is opaque. filter=locked is requests with a live
+//     lock, filter=pending those neither locked nor handled.
+//   - hadMultipleClients becomes true once calls with two different
+//     clientKeys, or any call without one after the first call, reached the
+//     queue; the operations that take a clientKey parameter count.
+//     queueHasLockedRequests is computed after head/lock took its locks.
+//   - Users. "~name" is the caller's queue, "username~name" the named user's
+//     (404 record-not-found when there is no such user or queue; 403
+//     insufficient-permissions for another user's queue, whose ID still
+//     works). Queue IDs are 17 random letters and digits. Queue names are
+//     letters, digits and inner hyphens, at most 63 characters; renaming to
+//     a name in use gives 400 name-not-unique. Creating a queue returns 201
+//     with a Location header, and 200 when the named queue existed.
+//   - Routing. An unknown path gives 404 page-not-found; a known path with
+//     another method gives 405 method-not-allowed listing the methods;
+//     OPTIONS gives 204 with Allow. The spec's method override (?method=POST)
+//     is honoured.
+//   - Time is UTC with millisecond precision; a lock has expired from its
+//     lockExpiresAt on. Injected faults answer before authentication and
+//     before any state changes. Rate limits are not emulated (inject 429s
+//     with FailNext).
+package apifytest

@@ -1,0 +1,102 @@
+package apifytest_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net/http"
+	"time"
+
+	"github.com/rqkit/apify"
+	"github.com/rqkit/apify/apifytest"
+)
+
+// A crawler locks work, "crashes", and on restart releases its locks in one
+// call; the test reads the queue's state directly.
+func ExampleNewServer() {
+	srv := apifytest.NewServer()
+	defer srv.Close()
+	queueID := srv.CreateQueue("crawl")
+	srv.AddRequests(queueID,
+		apifytest.Request{URL: "https://example.com/a"},
+		apifytest.Request{URL: "https://example.com/b"},
+		apifytest.Request{URL: "https://example.com/c"},
+	)
+
+	// Any HTTP client can talk to the emulator; here, plain net/http.
+	resp, err := http.Post(srv.URL+"/v2/request-queues/"+queueID+"/head/lock?lockSecs=60&limit=2&clientKey=worker-1", "", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	resp.Body.Close()
+	fmt.Println("head/lock:", resp.Status)
+	for _, r := range srv.LockedBy(queueID, "worker-1") {
+		fmt.Println("locked by worker-1:", r.URL)
+	}
+
+	// The SDK client comes pointed at the server, with short retry waits.
+	srv.FailNext(apifytest.OpUnlockRequests, 1, apifytest.Fault{Status: http.StatusServiceUnavailable})
+	res, err := srv.Client().RequestQueue(queueID).UnlockRequests(context.Background(), "worker-1")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("unlocked:", res.UnlockedCount, "in", srv.Calls(apifytest.OpUnlockRequests), "calls")
+	for _, r := range srv.Pending(queueID) {
+		fmt.Println("pending:", r.URL)
+	}
+	// Output:
+	// head/lock: 201 Created
+	// locked by worker-1: https://example.com/a
+	// locked by worker-1: https://example.com/b
+	// unlocked: 2 in 2 calls
+	// pending: https://example.com/a
+	// pending: https://example.com/b
+	// pending: https://example.com/c
+}
+
+// With a ManualClock, a test makes locks expire without sleeping.
+func ExampleManualClock() {
+	clock := apifytest.NewManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	srv := apifytest.NewServer(apifytest.WithClock(clock))
+	defer srv.Close()
+	queueID := srv.CreateQueue("crawl")
+	srv.AddRequests(queueID, apifytest.Request{URL: "https://example.com/a"})
+
+	resp, err := http.Post(srv.URL+"/v2/request-queues/"+queueID+"/head/lock?lockSecs=30&clientKey=w", "", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	resp.Body.Close()
+	fmt.Println("lock expires at", srv.Locked(queueID)[0].Lock.ExpiresAt.Format(time.TimeOnly))
+	clock.Advance(30 * time.Second)
+	fmt.Println("locked:", len(srv.Locked(queueID)), "pending:", len(srv.Pending(queueID)))
+	// Output:
+	// lock expires at 00:00:30
+	// locked: 0 pending: 1
+}
+
+// Inside an Actor run, the run's token unlocks every lock the run holds,
+// whatever clientKey took them.
+func ExampleWithRunToken() {
+	srv := apifytest.NewServer(apifytest.WithRunToken("run-token", "RUN-1"))
+	defer srv.Close()
+	queueID := srv.CreateQueue("crawl")
+	srv.AddRequests(queueID, apifytest.Request{URL: "https://example.com/a"}, apifytest.Request{URL: "https://example.com/b"})
+	for _, key := range []string{"old-process", "new-process"} {
+		req, _ := http.NewRequest("POST", srv.URL+"/v2/request-queues/"+queueID+"/head/lock?lockSecs=60&limit=1&clientKey="+key, nil)
+		req.Header.Set("Authorization", "Bearer run-token")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			log.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	client := srv.Client(apify.WithToken("run-token"))
+	res, err := client.RequestQueue(queueID).UnlockRequests(context.Background(), "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("unlocked:", res.UnlockedCount)
+	// Output:
+	// unlocked: 2
+}

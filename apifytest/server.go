@@ -1,0 +1,461 @@
+package apifytest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rqkit/apify"
+)
+
+// Server is a request-queue emulator. Start one with [NewServer] (or
+// [Start] in a test), point clients at URL, and read or seed its state with
+// its methods. It is safe for concurrent use.
+type Server struct {
+	// URL is the base URL of the running server, such as
+	// "http://127.0.0.1:53417", without a trailing slash and without /v2.
+	// It is "" until the server is started.
+	URL string
+
+	store   *store
+	faults  faults
+	tokens  map[string]tokenInfo
+	plain   string // the first WithToken token, for Client
+	handler http.Handler
+
+	mu      sync.Mutex
+	srv     *http.Server
+	done    chan struct{}
+	started bool
+}
+
+// tokenInfo is who a token belongs to.
+type tokenInfo struct {
+	user  string
+	runID string
+}
+
+type config struct {
+	tokens map[string]tokenInfo
+	plain  string
+	clock  Clock
+	queues []string
+	errs   []string
+}
+
+// Option configures a [Server].
+type Option func(*config)
+
+func (c *config) addToken(opt, token string, ti tokenInfo) {
+	switch old, dup := c.tokens[token]; {
+	case token == "":
+		c.errs = append(c.errs, opt+": the token is empty")
+	case strings.ContainsAny(token, " \t\r\n"):
+		c.errs = append(c.errs, opt+": the token contains whitespace")
+	case dup && old != ti:
+		c.errs = append(c.errs, opt+": the token was already given to another user or run")
+	default:
+		c.tokens[token] = ti
+	}
+}
+
+// WithToken adds an API token of the default user ([DefaultUser]). Once
+// any token is configured (by this option, [WithUserToken] or
+// [WithRunToken]) every call needs a valid one, sent as "Authorization:
+// Bearer <token>" or "?token=": a missing token gets 401
+// token-not-provided, an unknown one 401 invalid-token. It may be repeated.
+func WithToken(token string) Option {
+	return func(c *config) {
+		c.addToken("WithToken", token, tokenInfo{user: DefaultUser})
+		if c.plain == "" && token != "" {
+			c.plain = token
+		}
+	}
+}
+
+// WithUserToken adds an API token of the named user, for tests of
+// "username~queue-name" and of queues owned by different users.
+func WithUserToken(token, username string) Option {
+	return func(c *config) {
+		if username == "" || strings.ContainsAny(username, "~/") {
+			c.errs = append(c.errs, fmt.Sprintf("WithUserToken: the username %q is empty or holds '~' or '/'", username))
+			return
+		}
+		c.addToken("WithUserToken", token, tokenInfo{user: username})
+	}
+}
+
+// WithRunToken adds a token of the default user whose calls come from
+// inside the Actor run runID, the way the token Apify gives an Actor run
+// does: locks taken with it belong to the run, and the run may prolong,
+// delete and bulk-unlock them with or without the clientKey that took them.
+func WithRunToken(token, runID string) Option {
+	return func(c *config) {
+		if runID == "" {
+			c.errs = append(c.errs, "WithRunToken: the run ID is empty")
+			return
+		}
+		c.addToken("WithRunToken", token, tokenInfo{user: DefaultUser, runID: runID})
+	}
+}
+
+// WithClock makes the server read time from clock, such as a
+// [ManualClock], instead of time.Now.
+func WithClock(clock Clock) Option {
+	return func(c *config) {
+		if clock == nil {
+			c.errs = append(c.errs, "WithClock: the clock is nil")
+			return
+		}
+		c.clock = clock
+	}
+}
+
+// WithQueue creates a queue of the default user with this name when the
+// server is made; [Server.CreateQueue] returns its ID. It may be repeated.
+func WithQueue(name string) Option {
+	return func(c *config) {
+		if err := validateQueueName(name); err != nil || name == "" {
+			c.errs = append(c.errs, fmt.Sprintf("WithQueue: %q is not a valid queue name (letters, digits, and hyphens inside)", name))
+			return
+		}
+		c.queues = append(c.queues, name)
+	}
+}
+
+// NewServer starts an emulator on a loopback port and returns it. Close it
+// when done. It panics on a bad option or when it cannot listen, like
+// httptest.NewServer.
+func NewServer(opts ...Option) *Server {
+	s := NewUnstartedServer(opts...)
+	s.Start()
+	return s
+}
+
+// Start is [NewServer] for tests: it closes the server when tb's test ends.
+func Start(tb testing.TB, opts ...Option) *Server {
+	tb.Helper()
+	s := NewServer(opts...)
+	tb.Cleanup(s.Close)
+	return s
+}
+
+// NewUnstartedServer returns an emulator that does not listen yet: serve it
+// with [Server.Handler] in memory (inside a testing/synctest bubble, say, or
+// behind your own http.Server), or call [Server.Start]. It panics on a bad
+// option.
+func NewUnstartedServer(opts ...Option) *Server {
+	cfg := config{tokens: map[string]tokenInfo{}, clock: systemClock{}}
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&cfg)
+		}
+	}
+	if len(cfg.errs) > 0 {
+		panic("apifytest: " + strings.Join(cfg.errs, "; "))
+	}
+	s := &Server{
+		store:  newStore(cfg.clock),
+		faults: faults{calls: map[Operation]int{}, pending: map[Operation][]pendingFault{}},
+		tokens: cfg.tokens,
+		plain:  cfg.plain,
+	}
+	s.handler = s.routes()
+	for _, name := range cfg.queues {
+		s.CreateQueue(name)
+	}
+	return s
+}
+
+// Start makes the server listen on a loopback port and sets URL. It panics
+// when it cannot listen or was already started.
+func (s *Server) Start() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		panic("apifytest: Start: the server was already started")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		if ln, err = net.Listen("tcp6", "[::1]:0"); err != nil {
+			panic("apifytest: cannot listen on a loopback port: " + err.Error())
+		}
+	}
+	s.started = true
+	s.URL = "http://" + ln.Addr().String()
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          log.New(io.Discard, "", 0),
+	}
+	done := make(chan struct{})
+	s.srv, s.done = srv, done
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln)
+	}()
+}
+
+// Close stops the server: it stops listening, waits (up to 5 seconds) for
+// calls in flight, and closes every connection. It may be called more than
+// once, and on a server never started.
+func (s *Server) Close() {
+	s.mu.Lock()
+	srv, done := s.srv, s.done
+	s.srv = nil
+	s.mu.Unlock()
+	if srv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		_ = srv.Close()
+	}
+	<-done
+}
+
+// Handler returns the emulator's http.Handler, to serve it in memory or
+// behind your own server. Every handler of a Server shares its state.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Client returns an SDK client pointed at the server, with retry waits of 1
+// to 20 ms suited to tests. When the server has WithToken tokens, the first
+// one is used. opts are applied after those, so they win. On a server that
+// was not started, the client calls [Server.Handler] in memory, with no
+// sockets (for testing/synctest). It panics when opts are invalid.
+func (s *Server) Client(opts ...apify.Option) *apify.Client {
+	s.mu.Lock()
+	base := s.URL
+	s.mu.Unlock()
+	o := []apify.Option{apify.WithRetryWait(time.Millisecond, 20*time.Millisecond)}
+	if base == "" {
+		o = append(o, apify.WithBaseURL("http://apifytest.invalid"),
+			apify.WithHTTPClient(&http.Client{Transport: memoryTransport{s.handler}}))
+	} else {
+		o = append(o, apify.WithBaseURL(base))
+	}
+	if s.plain != "" {
+		o = append(o, apify.WithToken(s.plain))
+	}
+	c, err := apify.NewClient(append(o, opts...)...)
+	if err != nil {
+		panic("apifytest: Client: " + err.Error())
+	}
+	return c
+}
+
+// memoryTransport serves requests with a handler in memory.
+type memoryTransport struct{ h http.Handler }
+
+func (t memoryTransport) RoundTrip(r *http.Request) (resp *http.Response, err error) {
+	rec := httptest.NewRecorder()
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler {
+				panic(p)
+			}
+			resp, err = nil, io.ErrUnexpectedEOF // the handler dropped the connection
+		}
+	}()
+	t.h.ServeHTTP(rec, r)
+	if err := r.Context().Err(); err != nil {
+		return nil, err
+	}
+	resp = rec.Result()
+	resp.Request = r
+	return resp, nil
+}
+
+// Request is a request to seed a queue with, for [Server.AddRequests].
+type Request struct {
+	URL string
+	// UniqueKey defaults to URL.
+	UniqueKey string
+	// Method defaults to GET.
+	Method string
+}
+
+// RequestState is a snapshot of a request in a queue.
+type RequestState struct {
+	ID, UniqueKey, URL, Method string
+	RetryCount                 int
+	// HandledAt is when the request was handled; zero while it is not.
+	HandledAt time.Time
+	// Lock is the request's live lock; nil when it is not locked.
+	Lock *LockState
+}
+
+// Handled reports whether the request was handled.
+func (r RequestState) Handled() bool { return !r.HandledAt.IsZero() }
+
+// LockState is a snapshot of a lock.
+type LockState struct {
+	// ClientKey and RunID say who holds the lock: the clientKey it was
+	// taken with ("" for none) and the Actor run of the token that took it
+	// ("" outside a run).
+	ClientKey, RunID string
+	// ExpiresAt is when the lock ends unless prolonged.
+	ExpiresAt time.Time
+	// Forefront says where the request goes when the lock expires: the
+	// front of the queue (true) or the back.
+	Forefront bool
+}
+
+func (v requestView) state() RequestState {
+	st := RequestState{
+		ID: v.ID, UniqueKey: v.uniqueKey, URL: v.url, Method: v.method,
+		RetryCount: v.retryCount, HandledAt: v.handledAt,
+	}
+	if v.Lock != nil {
+		l := LockState(*v.Lock)
+		st.Lock = &l
+	}
+	return st
+}
+
+// CreateQueue returns the ID of the default user's queue with this name,
+// creating the queue if needed; an empty name creates a new unnamed queue.
+// It panics on an invalid name.
+func (s *Server) CreateQueue(name string) string {
+	info, _, err := s.store.createQueue(DefaultUser, name)
+	if err != nil {
+		panic("apifytest: CreateQueue: " + err.Error())
+	}
+	return info.ID
+}
+
+// AddRequests adds requests to the back of the queue, skipping those whose
+// uniqueKey is already there, and returns their IDs. It panics when there
+// is no queue with that ID or a request has no URL.
+func (s *Server) AddRequests(queueID string, reqs ...Request) []string {
+	items := make([]requestData, len(reqs))
+	for i, r := range reqs {
+		if r.URL == "" {
+			panic(fmt.Sprintf("apifytest: AddRequests: request %d has no URL", i))
+		}
+		d := requestData{uniqueKey: r.UniqueKey, url: r.URL, method: strings.ToUpper(r.Method)}
+		if d.uniqueKey == "" {
+			d.uniqueKey = r.URL
+		}
+		if d.method == "" {
+			d.method = http.MethodGet
+		}
+		items[i] = d
+	}
+	var out []addResult
+	if !s.store.snapshot(queueID, func(q *queue) { out = s.store.add(q, items, false, s.store.now()) }) {
+		panic(fmt.Sprintf("apifytest: AddRequests: there is no queue with ID %q", queueID))
+	}
+	ids := make([]string, len(out))
+	for i, r := range out {
+		ids[i] = r.RequestID
+	}
+	return ids
+}
+
+// Requests returns every request of the queue, in the order they were
+// added; nil when there is no such queue.
+func (s *Server) Requests(queueID string) []RequestState {
+	return s.collect(queueID, func(q *queue, out *[]RequestState) {
+		for _, r := range q.order {
+			if r != nil {
+				*out = append(*out, r.view().state())
+			}
+		}
+	})
+}
+
+// Request returns one request of the queue.
+func (s *Server) Request(queueID, requestID string) (RequestState, bool) {
+	var st RequestState
+	found := false
+	s.store.snapshot(queueID, func(q *queue) {
+		if r := q.reqs[requestID]; r != nil {
+			st, found = r.view().state(), true
+		}
+	})
+	return st, found
+}
+
+// Pending returns the requests that are neither locked nor handled, in the
+// order GET head returns them.
+func (s *Server) Pending(queueID string) []RequestState {
+	return s.collect(queueID, func(q *queue, out *[]RequestState) {
+		for e := q.pending.Front(); e != nil; e = e.Next() {
+			*out = append(*out, e.Value.(*request).view().state())
+		}
+	})
+}
+
+// Locked returns the queue's locked requests, soonest expiry first.
+func (s *Server) Locked(queueID string) []RequestState {
+	return s.lockedWhere(queueID, func(*lock) bool { return true })
+}
+
+// LockedBy returns the requests locked with clientKey, soonest expiry first.
+func (s *Server) LockedBy(queueID, clientKey string) []RequestState {
+	return s.lockedWhere(queueID, func(l *lock) bool { return l.clientKey == clientKey })
+}
+
+// LockedByRun returns the requests locked from inside the Actor run runID,
+// soonest expiry first.
+func (s *Server) LockedByRun(queueID, runID string) []RequestState {
+	return s.lockedWhere(queueID, func(l *lock) bool { return l.runID == runID })
+}
+
+// Handled returns the queue's handled requests, in the order they were added.
+func (s *Server) Handled(queueID string) []RequestState {
+	return s.collect(queueID, func(q *queue, out *[]RequestState) {
+		for _, r := range q.order {
+			if r != nil && r.handled() {
+				*out = append(*out, r.view().state())
+			}
+		}
+	})
+}
+
+func (s *Server) lockedWhere(queueID string, keep func(*lock) bool) []RequestState {
+	return s.collect(queueID, func(q *queue, out *[]RequestState) {
+		ls := make([]*lock, 0, len(q.locks))
+		for _, l := range q.locks {
+			if keep(l) {
+				ls = append(ls, l)
+			}
+		}
+		sortLocks(ls)
+		for _, l := range ls {
+			*out = append(*out, l.req.view().state())
+		}
+	})
+}
+
+func (s *Server) collect(queueID string, f func(q *queue, out *[]RequestState)) []RequestState {
+	var out []RequestState
+	if !s.store.snapshot(queueID, func(q *queue) {
+		out = []RequestState{}
+		f(q, &out)
+	}) {
+		return nil
+	}
+	return out
+}
+
+// sortLocks orders locks by expiry, then by when they were taken.
+func sortLocks(ls []*lock) {
+	slices.SortFunc(ls, func(a, b *lock) int {
+		if c := a.expiresAt.Compare(b.expiresAt); c != 0 {
+			return c
+		}
+		return cmpUint(a.seq, b.seq)
+	})
+}
