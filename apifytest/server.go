@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/rqkit/apify"
@@ -141,8 +140,16 @@ func NewServer(opts ...Option) *Server {
 	return s
 }
 
+// TB is the part of testing.TB that [Start] needs; *testing.T, *testing.B
+// and *testing.F satisfy it. (Taking this rather than testing.TB keeps the
+// testing package out of programs that embed the emulator, such as apify-rq.)
+type TB interface {
+	Helper()
+	Cleanup(func())
+}
+
 // Start is [NewServer] for tests: it closes the server when tb's test ends.
-func Start(tb testing.TB, opts ...Option) *Server {
+func Start(tb TB, opts ...Option) *Server {
 	tb.Helper()
 	s := NewServer(opts...)
 	tb.Cleanup(s.Close)
