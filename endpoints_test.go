@@ -56,6 +56,15 @@ func endpointCases() []endpointCase {
 			},
 		},
 		{
+			name: "ListHead", method: "GET", uri: "/v2/request-queues/q/head?limit=5&clientKey=ck",
+			idempotent: true, status: 200,
+			reply: `{"data":{"limit":5,"hadMultipleClients":false,"queueModifiedAt":"2026-11-29T10:00:00.000Z","items":[{"id":"r1","uniqueKey":"u1","url":"http://x.test/1","method":"GET","retryCount":0}]}}`,
+			call: func(ctx context.Context, q *RequestQueueClient) error {
+				_, err := q.ListHead(ctx, ListHeadOptions{Limit: 5, ClientKey: "ck"})
+				return err
+			},
+		},
+		{
 			name: "ProlongRequestLock", method: "PUT", uri: "/v2/request-queues/q/requests/req%2F1/lock?lockSecs=120&clientKey=ck&forefront=true",
 			idempotent: true, status: 200, reply: `{"data":{"lockExpiresAt":"2026-11-29T10:02:00.000Z"}}`,
 			call: func(ctx context.Context, q *RequestQueueClient) error {
@@ -513,4 +522,26 @@ func TestUnlockAtShutdown(t *testing.T) {
 			assert.True(t, errors.Is(err, context.DeadlineExceeded), fmt.Sprint(err))
 		})
 	})
+}
+
+func TestListHead(t *testing.T) {
+	f, c, _ := setup(t, []reply{{status: 200, body: `{"data":{"limit":100,"hadMultipleClients":true,"queueModifiedAt":"2026-11-29T10:00:00Z","items":[{"id":"r1","uniqueKey":"u1","url":"http://x.test/1","method":"GET","retryCount":3}]}}`}})
+	q := c.RequestQueue("q")
+	head, err := q.ListHead(context.Background(), ListHeadOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, &QueueHead{
+		Items:              []HeadRequest{{ID: "r1", UniqueKey: "u1", URL: "http://x.test/1", Method: "GET", RetryCount: 3}},
+		HadMultipleClients: true,
+		QueueModifiedAt:    lockedAt,
+	}, head)
+	assert.Equal(t, testPrefix+"/v2/request-queues/q/head", f.requests()[0].RequestURI, "limit 0 is left to the API")
+
+	_, err = q.ListHead(context.Background(), ListHeadOptions{Limit: -1})
+	require.ErrorIs(t, err, ErrInvalidInput)
+	assert.Contains(t, err.Error(), "ListHeadOptions.Limit is -1")
+	assert.Equal(t, 1, f.hits())
+
+	f.replies = []reply{{status: 200, body: `{"data":{"limit":1}}`}}
+	_, err = q.ListHead(context.Background(), ListHeadOptions{})
+	assert.ErrorIs(t, err, ErrUnexpectedResponse)
 }

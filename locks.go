@@ -122,6 +122,75 @@ func (q *RequestQueueClient) ListAndLockHead(ctx context.Context, opts LockHeadO
 	return out, nil
 }
 
+// ListHeadOptions configures [RequestQueueClient.ListHead].
+type ListHeadOptions struct {
+	// Limit is how many requests to return; 0 leaves it to the API (100).
+	Limit int
+	// ClientKey identifies the caller (it counts toward HadMultipleClients).
+	ClientKey string
+}
+
+// QueueHead is the result of [RequestQueueClient.ListHead].
+type QueueHead struct {
+	// Items are the first pending, unlocked requests, in queue order.
+	Items []HeadRequest
+	// HadMultipleClients reports whether more than one client has used the queue.
+	HadMultipleClients bool
+	// QueueModifiedAt is when the queue last changed.
+	QueueModifiedAt time.Time
+}
+
+// HeadRequest is a request at the head of the queue.
+type HeadRequest struct {
+	ID         string `json:"id"`
+	UniqueKey  string `json:"uniqueKey"`
+	URL        string `json:"url"`
+	Method     string `json:"method"`
+	RetryCount int    `json:"retryCount"`
+}
+
+// ListHead returns the first pending requests of the queue without locking
+// them; locked requests are not listed. It is read-only, so it is retried
+// like UnlockRequests.
+//
+// It calls GET /v2/request-queues/{queueId}/head.
+func (q *RequestQueueClient) ListHead(ctx context.Context, opts ListHeadOptions) (*QueueHead, error) {
+	if q.err != nil {
+		return nil, q.err
+	}
+	if opts.Limit < 0 {
+		return nil, fmt.Errorf("apify: %w: ListHeadOptions.Limit is %d; it must not be negative", ErrInvalidInput, opts.Limit)
+	}
+	if err := validateClientKey(opts.ClientKey); err != nil {
+		return nil, err
+	}
+	qs := query{}
+	if opts.Limit > 0 {
+		qs = qs.add("limit", strconv.Itoa(opts.Limit))
+	}
+	resp, err := q.c.do(ctx, apiRequest{
+		method:     http.MethodGet,
+		ep:         q.endpoint("/head"),
+		query:      qs.add("clientKey", opts.ClientKey).encode(),
+		idempotent: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	head, err := decodeData[struct {
+		Items              *[]HeadRequest `json:"items"`
+		HadMultipleClients bool           `json:"hadMultipleClients"`
+		QueueModifiedAt    time.Time      `json:"queueModifiedAt"`
+	}](resp)
+	if err != nil {
+		return nil, err
+	}
+	if head.Items == nil {
+		return nil, resp.unexpected("data.items is missing")
+	}
+	return &QueueHead{Items: *head.Items, HadMultipleClients: head.HadMultipleClients, QueueModifiedAt: head.QueueModifiedAt}, nil
+}
+
 // ProlongLockOptions configures [RequestQueueClient.ProlongRequestLock].
 type ProlongLockOptions struct {
 	// LockDuration is the new lock time, counted from now and rounded up to
