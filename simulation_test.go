@@ -25,6 +25,14 @@ import (
 //	leavers shut down cleanly: queue drained at t=4m0s
 //	leavers killed:            queue drained at t=10m11s (the stranded requests waited for their locks to expire)
 //	mixed:                     queue drained at t=10m11s
+//
+// event marks what happened to a request's lock number lock (an index into
+// its lock history) at time at.
+type event struct {
+	at   time.Time
+	lock int
+}
+
 func TestSimulatedSharedQueue(t *testing.T) {
 	if testing.Short() {
 		t.Skip("simulation: a few thousand HTTP calls")
@@ -69,8 +77,8 @@ func TestSimulatedSharedQueue(t *testing.T) {
 			var (
 				mu        sync.Mutex
 				lockedAt  = map[string][]time.Time{} // request ID -> when each lock was taken
-				released  = map[string]time.Time{}   // released by a clean shutdown, when
-				stranded  = map[string]time.Time{}   // held by a killed consumer, until when
+				released  = map[string]event{}       // released by a clean shutdown
+				stranded  = map[string]event{}       // held by a killed consumer until its lock expires
 				handledBy = map[string]string{}
 			)
 			active := map[int]bool{}
@@ -85,9 +93,11 @@ func TestSimulatedSharedQueue(t *testing.T) {
 				if err != nil {
 					return err
 				}
+				mine := make(map[string]int, len(head.Items)) // request ID -> index of this lock in its history
 				mu.Lock()
 				for _, it := range head.Items {
 					lockedAt[it.ID] = append(lockedAt[it.ID], now)
+					mine[it.ID] = len(lockedAt[it.ID]) - 1
 				}
 				mu.Unlock()
 				handle := head.Items
@@ -96,7 +106,7 @@ func TestSimulatedSharedQueue(t *testing.T) {
 					case "killed": // gone without a word: its locks stay
 						mu.Lock()
 						for _, it := range head.Items {
-							stranded[it.ID] = it.LockExpiresAt
+							stranded[it.ID] = event{at: it.LockExpiresAt, lock: mine[it.ID]}
 						}
 						mu.Unlock()
 						return nil
@@ -126,7 +136,7 @@ func TestSimulatedSharedQueue(t *testing.T) {
 					}
 					mu.Lock()
 					for _, it := range head.Items[len(handle):] {
-						released[it.ID] = now
+						released[it.ID] = event{at: now, lock: mine[it.ID]}
 					}
 					mu.Unlock()
 				}
@@ -175,17 +185,19 @@ func TestSimulatedSharedQueue(t *testing.T) {
 
 			// Released by a clean shutdown: locked again in the same round or
 			// the next, long before the lock would have expired.
-			for id, at := range released {
+			for id, ev := range released {
 				times := lockedAt[id]
-				require.GreaterOrEqual(t, len(times), 2, id)
-				assert.LessOrEqual(t, times[1].Sub(at), time.Second, "request %s released at %v was picked up at %v", id, at, times[1])
+				require.Greater(t, len(times), ev.lock+1, id)
+				next := times[ev.lock+1]
+				assert.LessOrEqual(t, next.Sub(ev.at), time.Second, "request %s released at %v was picked up at %v", id, ev.at, next)
 			}
 			// Held by a killed consumer: nobody got it before its lock expired.
-			for id, expires := range stranded {
+			for id, ev := range stranded {
 				times := lockedAt[id]
-				require.GreaterOrEqual(t, len(times), 2, id)
-				assert.False(t, times[1].Before(expires), "request %s taken at %v before its lock expired at %v", id, times[1], expires)
-				assert.Less(t, times[1].Sub(expires), 2*time.Second, "and taken as soon as it expired")
+				require.Greater(t, len(times), ev.lock+1, id)
+				next := times[ev.lock+1]
+				assert.False(t, next.Before(ev.at), "request %s taken at %v before its lock expired at %v", id, next, ev.at)
+				assert.Less(t, next.Sub(ev.at), 2*time.Second, "and taken as soon as it expired")
 			}
 			assert.Equal(t, len(tt.clean)*(batch-2), len(released))
 			assert.Equal(t, len(tt.killed)*batch, len(stranded))
