@@ -277,7 +277,38 @@ func attemptsOf(err error) int {
 	return 0
 }
 
-func TestFaultMatrix(t *testing.T) {
+// faultCase is one row of the matrix: how the server misbehaves (or refused:
+// no server at all), and what the call must return.
+type faultCase struct {
+	name         string
+	behave       func(s *rawServer, conn *net.TCPConn, req *http.Request, n int) bool
+	refused      bool
+	opts         []Option
+	deadline     time.Duration // 0: faultDeadline
+	wantAttempts int
+	check        func(t *testing.T, err error)
+}
+
+// start serves the case on loopback (or finds a refusing port) and returns
+// the server (nil when refused) and the base URL.
+func (fc faultCase) start(t *testing.T) (*rawServer, string) {
+	t.Helper()
+	if fc.refused {
+		return nil, refusedURL(t)
+	}
+	s := startRaw(t, nil)
+	s.behave = func(conn *net.TCPConn, req *http.Request, n int) bool { return fc.behave(s, conn, req, n) }
+	return s, s.url()
+}
+
+func (fc faultCase) ctxDeadline() time.Duration {
+	if fc.deadline > 0 {
+		return fc.deadline
+	}
+	return faultDeadline
+}
+
+func faultCases() []faultCase {
 	const okBody = `{"data":{"unlockedCount":1}}`
 	garbage := make([]byte, 512)
 	r := rand.New(rand.NewPCG(1, 2))
@@ -286,15 +317,7 @@ func TestFaultMatrix(t *testing.T) {
 	}
 	garbage[0] = 'x' // not the gzip magic number
 
-	tests := []struct {
-		name         string
-		behave       func(s *rawServer, conn *net.TCPConn, req *http.Request, n int) bool
-		refused      bool
-		opts         []Option
-		deadline     time.Duration
-		wantAttempts int
-		check        func(t *testing.T, err error)
-	}{
+	return []faultCase{
 		{
 			name: "connection refused", refused: true, wantAttempts: 3,
 			check: func(t *testing.T, err error) {
@@ -457,22 +480,15 @@ func TestFaultMatrix(t *testing.T) {
 			},
 		},
 	}
-	for _, tt := range tests {
+}
+
+func TestFaultMatrix(t *testing.T) {
+	for _, tt := range faultCases() {
 		t.Run(tt.name, func(t *testing.T) {
 			noLeaks(t)
-			var s *rawServer
-			url := refusedURL(t)
-			if !tt.refused {
-				s = startRaw(t, nil)
-				s.behave = func(conn *net.TCPConn, req *http.Request, n int) bool { return tt.behave(s, conn, req, n) }
-				url = s.url()
-			}
+			s, url := tt.start(t)
 			c := faultClient(t, url, tt.opts...)
-			deadline := faultDeadline
-			if tt.deadline > 0 {
-				deadline = tt.deadline
-			}
-			o := measure(c, deadline)
+			o := measure(c, tt.ctxDeadline())
 			t.Logf("| %-45s | %-45s | %d | %v | alloc %d KiB |", tt.name, errKind(o.err), attemptsOf(o.err), o.wall.Round(time.Millisecond), o.alloc>>10)
 			checkBounds(t, o)
 			require.Error(t, o.err)
