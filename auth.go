@@ -12,15 +12,19 @@ const redacted = "[REDACTED]"
 //
 // The token leaves this struct only as that header, and only on a request:
 // never in a URL (Apify also accepts ?token=, which ends up in access logs),
-// never in an error, never in a log record. A Client keeps a *secret, so
-// reflection-based printing of the Client (fmt on a struct that embeds it,
-// say) shows a pointer, and the methods below cover direct printing.
+// never in an error, never in a log record. The methods below cover direct
+// printing. Reflection-based printing of a struct that holds the *secret (a
+// Client value, *c, say) cannot call them: it shows the pointer under %v,
+// but under any other verb (%s, %q, %d, %x) fmt prints what the pointer
+// points to. So the header is kept behind a func, which fmt only ever shows
+// as an address.
 type secret struct {
-	header []string // {"Bearer <token>"}, shared read-only by every request
+	header func() []string // returns {"Bearer <token>"}, shared read-only by every request
 }
 
 func newSecret(token string) *secret {
-	return &secret{header: []string{"Bearer " + token}}
+	h := []string{"Bearer " + token}
+	return &secret{header: func() []string { return h }}
 }
 
 func (*secret) String() string               { return redacted }

@@ -420,7 +420,7 @@ func (c *Client) do(ctx context.Context, r apiRequest) (apiResponse, error) {
 	h["Accept"] = acceptJSON
 	h["User-Agent"] = c.userAgent
 	if c.token != nil {
-		h["Authorization"] = c.token.header
+		h["Authorization"] = c.token.header()
 	}
 	hreq := (&http.Request{
 		Method:     r.method,
