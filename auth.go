@@ -1,8 +1,10 @@
 package apify
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
+	"strings"
 )
 
 // redacted is what formatting shows in place of a token.
@@ -32,3 +34,25 @@ func (*secret) GoString() string             { return redacted }
 func (*secret) Format(f fmt.State, _ rune)   { _, _ = f.Write([]byte(redacted)) }
 func (*secret) LogValue() slog.Value         { return slog.StringValue(redacted) }
 func (*secret) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted + `"`), nil }
+
+// token returns the token itself, for redaction.
+func (s *secret) token() string { return strings.TrimPrefix(s.header()[0], "Bearer ") }
+
+// redact replaces every occurrence of the token in text with [REDACTED]: a
+// server or proxy that echoes the request's Authorization header in its
+// error page must not put the token into an error string.
+func (s *secret) redact(text string) string {
+	if s == nil || !strings.Contains(text, s.token()) {
+		return text
+	}
+	return strings.ReplaceAll(text, s.token(), redacted)
+}
+
+// redactBytes is redact for a body; it returns b itself (no copy) when the
+// token is not in it.
+func (s *secret) redactBytes(b []byte) []byte {
+	if s == nil || !bytes.Contains(b, []byte(s.token())) {
+		return b
+	}
+	return bytes.ReplaceAll(b, []byte(s.token()), []byte(redacted))
+}

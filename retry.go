@@ -104,7 +104,17 @@ func (cl *call) logAttempt(resp *http.Response, err error) {
 }
 
 func (cl *call) apiError(resp *http.Response, body []byte) *APIError {
-	return newAPIError(cl.req.method, cl.req.ep.rawPath, resp.StatusCode, resp.Header, body, cl.attempts)
+	// Redact before newAPIError clips, so that no part of a token echoed
+	// back by the server survives either.
+	tok, header := cl.c.token, resp.Header
+	body = tok.redactBytes(body)
+	if loc := header.Get("Location"); tok.redact(loc) != loc {
+		header = header.Clone()
+		header.Set("Location", tok.redact(loc))
+	}
+	e := newAPIError(cl.req.method, cl.req.ep.rawPath, resp.StatusCode, header, body, cl.attempts)
+	e.Type, e.Message = tok.redact(e.Type), tok.redact(e.Message)
+	return e
 }
 
 // requestError builds the error of a call that ended without a usable

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -240,4 +241,49 @@ func TestTokenInNoVerbOfAClientValue(t *testing.T) {
 	slog.New(slog.NewJSONHandler(&js, nil)).Info("values", "c", *c, "app", values[1])
 	assert.NotContains(t, text.String(), leakMarker)
 	assert.NotContains(t, js.String(), leakMarker)
+}
+
+// A server or proxy that echoes the request's Authorization header back in
+// its error page (debug proxies and some gateways do) must not put the token
+// into an APIError, even when the echo straddles the 512-byte Message limit.
+func TestEchoedTokenIsRedacted(t *testing.T) {
+	echoes := map[string]func(w http.ResponseWriter, auth string){
+		"in the error envelope": func(w http.ResponseWriter, auth string) {
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprintf(w, `{"error":{"type":"invalid-token %s","message":"token %s is not valid"}}`, auth, auth)
+		},
+		"in an HTML 502, retried": func(w http.ResponseWriter, auth string) {
+			w.WriteHeader(http.StatusBadGateway)
+			fmt.Fprintf(w, "<html><pre>Authorization: %s</pre></html>", auth)
+		},
+		"across the Message limit": func(w http.ResponseWriter, auth string) {
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprintf(w, "%s%s", strings.Repeat(".", maxMessageBytes-12), auth)
+		},
+		"in a redirect's Location": func(w http.ResponseWriter, auth string) {
+			w.Header().Set("Location", "http://elsewhere.test/?auth="+url.QueryEscape(auth)+"&raw="+auth)
+			w.WriteHeader(http.StatusFound)
+		},
+		"in a 2xx that is not the envelope": func(w http.ResponseWriter, auth string) {
+			fmt.Fprintf(w, `{"data":{"unlockedCount":"%s"}}`, auth)
+		},
+	}
+	for name, echo := range echoes {
+		t.Run(name, func(t *testing.T) {
+			_, c, srv := setup(t, nil, WithToken(leakToken), WithMaxRetries(1))
+			closeIdle(t, c)
+			srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				echo(w, r.Header.Get("Authorization"))
+			})
+			_, err := c.RequestQueue("q").UnlockRequests(context.Background(), "k")
+			require.Error(t, err)
+			text := err.Error() + formatAll(err)
+			var apiErr *APIError
+			if errors.As(err, &apiErr) {
+				text += formatAll(*apiErr)
+				assert.Contains(t, apiErr.Error(), "[REDA", "the echo is still reported, redacted")
+			}
+			assert.NotContains(t, text, leakMarker)
+		})
+	}
 }
