@@ -1,0 +1,170 @@
+package apify
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// BenchmarkUnlock compares UnlockRequests with the floor no client can beat
+// by much: a hand-written net/http POST to the same loopback server, in the
+// same run, with a keep-alive pool, a per-request timeout context, the same
+// headers, and the same decoding of {"data":{"unlockedCount":N}} into a
+// struct. See bench/README.md for the command and a recorded run.
+//
+//	baseline-seq, sdk-seq      one call at a time
+//	baseline-par16, sdk-par16  16 calls in flight
+//
+// Each reports calls/s and the TCP connections the server accepted during
+// the timed loop (new-conns: 0 once warm).
+func BenchmarkUnlock(b *testing.B) {
+	const token = "apify_api_BENCHMARK"
+	payload := []byte(`{"data":{"unlockedCount":7}}`)
+	var newConns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(payload)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			newConns.Add(1)
+		}
+	}
+	srv.Start() // HTTP/1.1, loopback
+	defer srv.Close()
+
+	// The baseline: what a careful hand-written call looks like.
+	baseTransport := &http.Transport{
+		MaxIdleConns:        64,
+		MaxIdleConnsPerHost: 64, // room for 16 in flight, like the SDK's pool
+		IdleConnTimeout:     90 * time.Second,
+	}
+	defer baseTransport.CloseIdleConnections()
+	baseClient := &http.Client{Transport: baseTransport}
+	target := srv.URL + "/v2/request-queues/q/requests/unlock?clientKey=k"
+	userAgent := userAgent(false, "")
+	baseline := func(ctx context.Context) (int, error) {
+		ctx, cancel := context.WithTimeout(ctx, DefaultTimeout)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, nil)
+		if err != nil {
+			return 0, err
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Accept", "application/json")
+		req.Header.Set("User-Agent", userAgent)
+		resp, err := baseClient.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body) // to EOF, so the connection is reused
+		if err != nil {
+			return 0, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return 0, fmt.Errorf("status %d", resp.StatusCode)
+		}
+		var env struct {
+			Data struct {
+				UnlockedCount int `json:"unlockedCount"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal(body, &env); err != nil {
+			return 0, err
+		}
+		return env.Data.UnlockedCount, nil
+	}
+
+	c, err := NewClient(WithBaseURL(srv.URL), WithToken(token))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.hc.Transport.(*attemptTransport).base.(*http.Transport).CloseIdleConnections()
+	q := c.RequestQueue("q")
+	sdk := func(ctx context.Context) (int, error) {
+		res, err := q.UnlockRequests(ctx, "k")
+		if err != nil {
+			return 0, err
+		}
+		return res.UnlockedCount, nil
+	}
+
+	ctx := context.Background()
+	check := func(b *testing.B, n int, err error) {
+		if err != nil || n != 7 {
+			b.Fatalf("got %d, %v", n, err)
+		}
+	}
+	// report adds calls/s and the connections dialled during the timed loop.
+	report := func(b *testing.B, connsBefore int64) {
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
+		b.ReportMetric(float64(newConns.Load()-connsBefore), "new-conns")
+	}
+	const inFlight = 16
+	procs := runtime.GOMAXPROCS(0)
+	parallelism := (inFlight + procs - 1) / procs // RunParallel runs parallelism×GOMAXPROCS goroutines
+
+	for _, impl := range []struct {
+		name string
+		call func(context.Context) (int, error)
+	}{{"baseline", baseline}, {"sdk", sdk}} {
+		b.Run(impl.name+"-seq", func(b *testing.B) {
+			for range 100 { // warm-up: dial, fill the pool
+				n, err := impl.call(ctx)
+				check(b, n, err)
+			}
+			b.ReportAllocs()
+			conns := newConns.Load()
+			b.ResetTimer()
+			for range b.N {
+				n, err := impl.call(ctx)
+				check(b, n, err)
+			}
+			b.StopTimer()
+			report(b, conns)
+		})
+		b.Run(fmt.Sprintf("%s-par%d", impl.name, inFlight), func(b *testing.B) {
+			warm := make(chan error, inFlight)
+			for range inFlight { // warm-up: one connection per goroutine
+				go func() {
+					for range 50 {
+						if _, err := impl.call(ctx); err != nil {
+							warm <- err
+							return
+						}
+					}
+					warm <- nil
+				}()
+			}
+			for range inFlight {
+				if err := <-warm; err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportAllocs()
+			b.SetParallelism(parallelism)
+			conns := newConns.Load()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					n, err := impl.call(ctx)
+					if err != nil || n != 7 {
+						b.Errorf("got %d, %v", n, err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			report(b, conns)
+		})
+	}
+}
