@@ -432,17 +432,8 @@ func (c *Client) do(ctx context.Context, r apiRequest) (apiResponse, error) {
 		Host:       c.host,
 	}).WithContext(ctx)
 
-	cl := &call{c: c, ctx: ctx, req: r}
-	cl.rc = retryablehttp.Client{
-		HTTPClient:     c.hc,
-		RetryWaitMin:   c.waitMin,
-		RetryWaitMax:   c.waitMax,
-		RetryMax:       c.maxRetries,
-		RequestLogHook: cl.beforeAttempt,
-		CheckRetry:     cl.checkRetry,
-		Backoff:        cl.backoff,
-		ErrorHandler:   keepLastResponse,
-	}
+	cl := c.newCall(ctx, r)
+	defer cl.release()
 	resp, err := cl.rc.Do(&retryablehttp.Request{Request: hreq})
 	var body []byte
 	if resp != nil {
