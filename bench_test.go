@@ -1,6 +1,7 @@
 package apify
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -166,5 +168,31 @@ func BenchmarkUnlock(b *testing.B) {
 			b.StopTimer()
 			report(b, conns)
 		})
+	}
+}
+
+// readBounded keeps every byte whatever Content-Length claims (a custom
+// RoundTripper may get it wrong), whether the body fits the bufferedBody's
+// own small buffer or not, and never allocates a second buffer for a short
+// body of known length.
+func TestReadBoundedKeepsEveryByte(t *testing.T) {
+	for n := range 3 * smallBody {
+		data := []byte(strings.Repeat("x", n))
+		for _, cl := range []int64{-1, int64(n), int64(n / 2), int64(n) + 10, 0} {
+			b, err := readBounded(io.NopCloser(bytes.NewReader(data)), cl, maxBodyBytes)
+			if err != nil || !bytes.Equal(b.data, data) || b.truncated {
+				t.Fatalf("n %d, Content-Length %d: got %q, %v", n, cl, b.data, err)
+			}
+		}
+	}
+	const body = `{"data":{"unlockedCount":7}}`
+	r := strings.NewReader(body)
+	rc := io.NopCloser(r)
+	allocs := testing.AllocsPerRun(100, func() {
+		r.Reset(body)
+		_, _ = readBounded(rc, int64(len(body)), maxBodyBytes)
+	})
+	if allocs != 1 { // the bufferedBody
+		t.Errorf("%v allocations reading a short body", allocs)
 	}
 }

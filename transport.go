@@ -97,7 +97,14 @@ type bufferedBody struct {
 	data      []byte
 	off       int
 	truncated bool // the body was longer than maxBodyBytes; data holds its start
+
+	// small holds a body whose Content-Length says it fits (an unlock
+	// response does), so that reading it costs one allocation, not two.
+	small [smallBody]byte
 }
+
+// smallBody is the room a bufferedBody has for a short body of its own.
+const smallBody = 64
 
 func (b *bufferedBody) Read(p []byte) (int, error) {
 	if b.off >= len(b.data) {
@@ -115,14 +122,20 @@ func (b *bufferedBody) Close() error { return nil }
 // start is kept, marked truncated, and its connection is dropped.
 func readBounded(rc io.ReadCloser, contentLength int64, limit int) (*bufferedBody, error) {
 	defer rc.Close()
-	size := 512
-	if contentLength >= 0 && contentLength < int64(limit) {
-		size = int(contentLength) + 1 // +1 leaves room to see EOF without growing
+	b := new(bufferedBody)
+	var buf []byte
+	switch {
+	case contentLength >= 0 && contentLength < smallBody:
+		buf = b.small[: 0 : contentLength+1] // +1 leaves room to see EOF without growing
+	case contentLength >= 0 && contentLength < int64(limit):
+		buf = make([]byte, 0, contentLength+1)
+	default:
+		buf = make([]byte, 0, 512)
 	}
-	buf := make([]byte, 0, size)
 	for {
 		if len(buf) > limit {
-			return &bufferedBody{data: buf[:limit], truncated: true}, nil
+			b.data, b.truncated = buf[:limit], true
+			return b, nil
 		}
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
@@ -131,7 +144,8 @@ func readBounded(rc io.ReadCloser, contentLength int64, limit int) (*bufferedBod
 		buf = buf[:len(buf)+n]
 		switch {
 		case err == io.EOF && len(buf) <= limit:
-			return &bufferedBody{data: buf}, nil
+			b.data = buf
+			return b, nil
 		case err != nil && err != io.EOF:
 			return nil, err
 		}
