@@ -22,8 +22,8 @@ import (
 // headers, and the same decoding of {"data":{"unlockedCount":N}} into a
 // struct. See bench/README.md for the command and a recorded run.
 //
-//	baseline-seq, sdk-seq      one call at a time
-//	baseline-par16, sdk-par16  16 calls in flight
+//	mode=seq/impl=baseline, mode=seq/impl=sdk      one call at a time
+//	mode=par16/impl=baseline, mode=par16/impl=sdk  16 calls in flight
 //
 // Each reports calls/s and the TCP connections the server accepted during
 // the timed loop (new-conns: 0 once warm).
@@ -115,31 +115,34 @@ func BenchmarkUnlock(b *testing.B) {
 	procs := runtime.GOMAXPROCS(0)
 	parallelism := (inFlight + procs - 1) / procs // RunParallel runs parallelism×GOMAXPROCS goroutines
 
-	for _, impl := range []struct {
+	impls := []struct {
 		name string
 		call func(context.Context) (int, error)
-	}{{"baseline", baseline}, {"sdk", sdk}} {
-		b.Run(impl.name+"-seq", func(b *testing.B) {
+	}{{"baseline", baseline}, {"sdk", sdk}}
+	seq := func(call func(context.Context) (int, error)) func(*testing.B) {
+		return func(b *testing.B) {
 			for range 100 { // warm-up: dial, fill the pool
-				n, err := impl.call(ctx)
+				n, err := call(ctx)
 				check(b, n, err)
 			}
 			b.ReportAllocs()
 			conns := newConns.Load()
 			b.ResetTimer()
 			for range b.N {
-				n, err := impl.call(ctx)
+				n, err := call(ctx)
 				check(b, n, err)
 			}
 			b.StopTimer()
 			report(b, conns)
-		})
-		b.Run(fmt.Sprintf("%s-par%d", impl.name, inFlight), func(b *testing.B) {
+		}
+	}
+	par := func(call func(context.Context) (int, error)) func(*testing.B) {
+		return func(b *testing.B) {
 			warm := make(chan error, inFlight)
 			for range inFlight { // warm-up: one connection per goroutine
 				go func() {
 					for range 50 {
-						if _, err := impl.call(ctx); err != nil {
+						if _, err := call(ctx); err != nil {
 							warm <- err
 							return
 						}
@@ -158,7 +161,7 @@ func BenchmarkUnlock(b *testing.B) {
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
-					n, err := impl.call(ctx)
+					n, err := call(ctx)
 					if err != nil || n != 7 {
 						b.Errorf("got %d, %v", n, err)
 						return
@@ -167,7 +170,15 @@ func BenchmarkUnlock(b *testing.B) {
 			})
 			b.StopTimer()
 			report(b, conns)
-		})
+		}
+	}
+	// Baseline and SDK run back to back in each mode, so that both see the
+	// same load on a shared machine; benchstat -col /impl pairs them.
+	for _, impl := range impls {
+		b.Run("mode=seq/impl="+impl.name, seq(impl.call))
+	}
+	for _, impl := range impls {
+		b.Run(fmt.Sprintf("mode=par%d/impl=%s", inFlight, impl.name), par(impl.call))
 	}
 }
 
