@@ -48,6 +48,7 @@ import (
 //	gzip-encoded garbage              RequestError, ErrUnexpectedResponse 1         ~2 ms    34 KiB
 //	2 GB body                         ErrUnexpectedResponse (> 1 MiB)     1 (*)     ~140 ms  5.2 MiB
 //	HTML 502                          APIError 502, ErrServerError        3         ~50 ms   60 KiB
+//	302, Location does not parse      APIError 302, ErrUnexpectedResponse 1         ~2 ms    30 KiB
 //	Retry-After: 999999               APIError 429, ErrRateLimited        3         ~105 ms  54 KiB
 //	Retry-After: 999999, default wait APIError 429, ErrRateLimited        1         ~2 ms    29 KiB
 //	429 storm, 16 callers at once     APIError 429, ErrRateLimited        3 each    ~150 ms  0.7 MiB (all 16)
@@ -431,6 +432,21 @@ func faultCases() []faultCase {
 				assert.Empty(t, apiErr.Type)
 				// One line: each CR and LF became a space.
 				assert.True(t, strings.HasPrefix(apiErr.Message, "<html>  <head><title>502 Bad Gateway"), apiErr.Message)
+			},
+		},
+		{
+			name: "302 with a Location that does not parse", wantAttempts: 1,
+			behave: func(_ *rawServer, conn *net.TCPConn, _ *http.Request, _ int) bool {
+				return write(conn, response("302 Found", "Location: %zz/elsewhere\r\n", ""))
+			},
+			check: func(t *testing.T, err error) {
+				// A redirect like any other, though net/http cannot parse
+				// its Location (it would fail the request, quoting it).
+				var apiErr *APIError
+				require.ErrorAs(t, err, &apiErr)
+				assert.Equal(t, 302, apiErr.StatusCode)
+				assert.ErrorIs(t, err, ErrUnexpectedResponse)
+				assert.Contains(t, err.Error(), ": 302: redirect not followed (Location: %zz/elsewhere)")
 			},
 		},
 		{

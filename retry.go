@@ -138,6 +138,10 @@ func (cl *call) apiError(resp *http.Response, body []byte) *APIError {
 	// Redact before newAPIError clips, so that no part of a token echoed
 	// back by the server survives either.
 	tok, header := cl.c.token, resp.Header
+	if b, ok := resp.Body.(*bufferedBody); ok && b.location != "" {
+		header = header.Clone()
+		header.Set("Location", b.location)
+	}
 	body = tok.redactBytes(body)
 	if loc := header.Get("Location"); tok.redact(loc) != loc {
 		header = header.Clone()

@@ -264,6 +264,10 @@ func TestEchoedTokenIsRedacted(t *testing.T) {
 			w.Header().Set("Location", "http://elsewhere.test/?auth="+url.QueryEscape(auth)+"&raw="+auth)
 			w.WriteHeader(http.StatusFound)
 		},
+		"in a redirect's Location that does not parse": func(w http.ResponseWriter, auth string) {
+			w.Header().Set("Location", "%zz "+auth)
+			w.WriteHeader(http.StatusMovedPermanently)
+		},
 		"in a 2xx that is not the envelope": func(w http.ResponseWriter, auth string) {
 			fmt.Fprintf(w, `{"data":{"unlockedCount":"%s"}}`, auth)
 		},
