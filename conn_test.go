@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -17,8 +19,10 @@ import (
 // Connection reuse, counted by the server's ConnState hook (setup's
 // fakeAPI.newConns): once warm, a Client dials no new TCP connection, neither
 // for 10,000 sequential calls nor for 10,000 calls at 16 in flight, whether
-// the calls succeed, fail with a 4xx, are retried after a 503, or run out of
-// retries. Every body is read to EOF, and no failure empties the pool.
+// the calls succeed, fail with a 4xx, are retried after a 503, are cancelled
+// during a backoff wait (when go-retryablehttp calls CloseIdleConnections),
+// or run out of retries. Every body is read to EOF, and no failure empties
+// the pool.
 
 const (
 	connCalls    = 10_000
@@ -33,6 +37,24 @@ type connScenario struct {
 	respond func(w http.ResponseWriter, attempt int) // attempt counts from 1 per clientKey
 	check   func(t *testing.T, res *UnlockRequestsResult, err error) bool
 }
+
+// cancelKey holds, in a call's ctx, the func that cancels it.
+type cancelKey struct{}
+
+// cancelOnRetry is a log handler that cancels a call's ctx when the call
+// logs that it is about to wait for a retry: a caller giving up during the
+// backoff wait, at a deterministic moment.
+type cancelOnRetry struct{}
+
+func (cancelOnRetry) Enabled(context.Context, slog.Level) bool { return true }
+func (cancelOnRetry) Handle(ctx context.Context, r slog.Record) error {
+	if cancel, ok := ctx.Value(cancelKey{}).(context.CancelFunc); ok && r.Message == "apify: retrying" {
+		cancel()
+	}
+	return nil
+}
+func (h cancelOnRetry) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h cancelOnRetry) WithGroup(string) slog.Handler      { return h }
 
 func connScenarios() []connScenario {
 	errBody := `{"error":{"type":"record-not-found","message":"` + strings.Repeat("n", 1024) + `"}}`
@@ -70,6 +92,19 @@ func connScenarios() []connScenario {
 			},
 			check: func(t *testing.T, res *UnlockRequestsResult, err error) bool {
 				return assert.NoError(t, err) && assert.Equal(t, 2, res.UnlockedCount)
+			},
+		},
+		{
+			// go-retryablehttp calls CloseIdleConnections when the ctx ends
+			// during a backoff wait: the Client's pool must not notice.
+			name: "503, then the ctx is cancelled during the backoff wait",
+			opts: []Option{WithRetryWait(time.Second, time.Second), WithLogger(slog.New(cancelOnRetry{}))},
+			respond: func(w http.ResponseWriter, _ int) {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = io.WriteString(w, busy)
+			},
+			check: func(t *testing.T, _ *UnlockRequestsResult, err error) bool {
+				return assert.ErrorIs(t, err, context.Canceled) && assert.ErrorIs(t, err, ErrServerError)
 			},
 		},
 		{
@@ -125,7 +160,9 @@ func runCalls(t *testing.T, c *Client, sc connScenario, prefix string, calls, in
 				if i > int64(calls) {
 					return
 				}
-				res, err := q.UnlockRequests(context.Background(), fmt.Sprintf("%s%d", prefix, i))
+				ctx, cancel := context.WithCancel(context.Background())
+				res, err := q.UnlockRequests(context.WithValue(ctx, cancelKey{}, cancel), fmt.Sprintf("%s%d", prefix, i))
+				cancel()
 				if !sc.check(t, res, err) {
 					failed.Store(true)
 				}
