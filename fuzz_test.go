@@ -71,7 +71,7 @@ func parseHeaderBlock(block string) http.Header {
 		if !found || k == "" {
 			continue
 		}
-		h.Add(http.CanonicalHeaderKey(strings.TrimSpace(k)), strings.TrimSpace(v))
+		h.Add(strings.TrimSpace(k), strings.TrimSpace(v))
 	}
 	return h
 }
