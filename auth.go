@@ -1,8 +1,10 @@
 package apify
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
+	"strings"
 )
 
 // redacted is what formatting shows in place of a token.
@@ -12,15 +14,19 @@ const redacted = "[REDACTED]"
 //
 // The token leaves this struct only as that header, and only on a request:
 // never in a URL (Apify also accepts ?token=, which ends up in access logs),
-// never in an error, never in a log record. A Client keeps a *secret, so
-// reflection-based printing of the Client (fmt on a struct that embeds it,
-// say) shows a pointer, and the methods below cover direct printing.
+// never in an error, never in a log record. The methods below cover direct
+// printing. Reflection-based printing of a struct that holds the *secret (a
+// Client value, *c, say) cannot call them: it shows the pointer under %v,
+// but under any other verb (%s, %q, %d, %x) fmt prints what the pointer
+// points to. So the header is kept behind a func, which fmt only ever shows
+// as an address.
 type secret struct {
-	header []string // {"Bearer <token>"}, shared read-only by every request
+	header func() []string // returns {"Bearer <token>"}, shared read-only by every request
 }
 
 func newSecret(token string) *secret {
-	return &secret{header: []string{"Bearer " + token}}
+	h := []string{"Bearer " + token}
+	return &secret{header: func() []string { return h }}
 }
 
 func (*secret) String() string               { return redacted }
@@ -28,3 +34,25 @@ func (*secret) GoString() string             { return redacted }
 func (*secret) Format(f fmt.State, _ rune)   { _, _ = f.Write([]byte(redacted)) }
 func (*secret) LogValue() slog.Value         { return slog.StringValue(redacted) }
 func (*secret) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted + `"`), nil }
+
+// token returns the token itself, for redaction.
+func (s *secret) token() string { return strings.TrimPrefix(s.header()[0], "Bearer ") }
+
+// redact replaces every occurrence of the token in text with [REDACTED]: a
+// server or proxy that echoes the request's Authorization header in its
+// error page must not put the token into an error string.
+func (s *secret) redact(text string) string {
+	if s == nil || !strings.Contains(text, s.token()) {
+		return text
+	}
+	return strings.ReplaceAll(text, s.token(), redacted)
+}
+
+// redactBytes is redact for a body; it returns b itself (no copy) when the
+// token is not in it.
+func (s *secret) redactBytes(b []byte) []byte {
+	if s == nil || !bytes.Contains(b, []byte(s.token())) {
+		return b
+	}
+	return bytes.ReplaceAll(b, []byte(s.token()), []byte(redacted))
+}

@@ -436,7 +436,7 @@ func (c *Client) do(ctx context.Context, r apiRequest) (apiResponse, error) {
 	h["Accept"] = acceptJSON
 	h["User-Agent"] = c.userAgent
 	if c.token != nil {
-		h["Authorization"] = c.token.header
+		h["Authorization"] = c.token.header()
 	}
 	if r.body != nil {
 		h["Content-Type"] = acceptJSON
@@ -451,17 +451,8 @@ func (c *Client) do(ctx context.Context, r apiRequest) (apiResponse, error) {
 		Host:       c.host,
 	}).WithContext(ctx)
 
-	cl := &call{c: c, ctx: ctx, req: r}
-	cl.rc = retryablehttp.Client{
-		HTTPClient:     c.hc,
-		RetryWaitMin:   c.waitMin,
-		RetryWaitMax:   c.waitMax,
-		RetryMax:       c.maxRetries,
-		RequestLogHook: cl.beforeAttempt,
-		CheckRetry:     cl.checkRetry,
-		Backoff:        cl.backoff,
-		ErrorHandler:   keepLastResponse,
-	}
+	cl := c.newCall(ctx, r)
+	defer cl.release()
 	rreq := &retryablehttp.Request{Request: hreq}
 	if r.body != nil {
 		// retryablehttp replays a []byte body on every attempt.

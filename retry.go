@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -30,6 +31,36 @@ type call struct {
 	start    time.Time // when the current attempt started (only kept for logging)
 	reason   string    // why the last attempt is being retried
 	last     *APIError // the last retried response, for a ctx that ends during the wait
+}
+
+// calls recycles call structs. Each comes with its retryablehttp.Client and
+// its hooks bound once: method values made per call would cost four
+// allocations a call (the call and three closures). Nothing keeps a call
+// once Client.do returns: retryablehttp holds its Client only during Do, and
+// the errors built from a call copy what they need.
+var calls = sync.Pool{New: func() any {
+	cl := new(call)
+	cl.rc.RequestLogHook = cl.beforeAttempt
+	cl.rc.CheckRetry = cl.checkRetry
+	cl.rc.Backoff = cl.backoff
+	cl.rc.ErrorHandler = keepLastResponse
+	return cl
+}}
+
+// newCall returns a call of r through c, with retries configured as c says.
+func (c *Client) newCall(ctx context.Context, r apiRequest) *call {
+	cl := calls.Get().(*call)
+	cl.c, cl.ctx, cl.req = c, ctx, r
+	cl.rc.HTTPClient = c.hc
+	cl.rc.RetryWaitMin, cl.rc.RetryWaitMax, cl.rc.RetryMax = c.waitMin, c.waitMax, c.maxRetries
+	return cl
+}
+
+// release clears the call of everything it refers to and recycles it.
+func (cl *call) release() {
+	cl.c, cl.ctx, cl.req, cl.rc.HTTPClient = nil, nil, apiRequest{}, nil
+	cl.attempts, cl.start, cl.reason, cl.last = 0, time.Time{}, "", nil
+	calls.Put(cl)
 }
 
 // beforeAttempt is the RequestLogHook: retryablehttp calls it before every attempt.
@@ -104,7 +135,21 @@ func (cl *call) logAttempt(resp *http.Response, err error) {
 }
 
 func (cl *call) apiError(resp *http.Response, body []byte) *APIError {
-	return newAPIError(cl.req.method, cl.req.ep.rawPath, resp.StatusCode, resp.Header, body, cl.attempts)
+	// Redact before newAPIError clips, so that no part of a token echoed
+	// back by the server survives either.
+	tok, header := cl.c.token, resp.Header
+	if b, ok := resp.Body.(*bufferedBody); ok && b.location != "" {
+		header = header.Clone()
+		header.Set("Location", b.location)
+	}
+	body = tok.redactBytes(body)
+	if loc := header.Get("Location"); tok.redact(loc) != loc {
+		header = header.Clone()
+		header.Set("Location", tok.redact(loc))
+	}
+	e := newAPIError(cl.req.method, cl.req.ep.rawPath, resp.StatusCode, header, body, cl.attempts)
+	e.Type, e.Message = tok.redact(e.Type), tok.redact(e.Message)
+	return e
 }
 
 // requestError builds the error of a call that ended without a usable

@@ -47,7 +47,34 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	}
 	resp.Body = body
 	resp.ContentLength = int64(len(body.data))
+	hideBadLocation(req, resp, body)
 	return resp, nil
+}
+
+// hideBadLocation keeps a redirect whose Location does not parse a response.
+// net/http's Client parses the Location of a 301, 302, 303, 307 or 308 before
+// it asks CheckRedirect whether to follow it, and fails the request when it
+// does not parse, with an error that quotes the header in full. The Client
+// never follows redirects, so such a Location is taken out of the header
+// (net/http then returns the response as it is) and kept in the body, from
+// which call.apiError puts it back for the APIError's message.
+func hideBadLocation(req *http.Request, resp *http.Response, body *bufferedBody) {
+	switch resp.StatusCode {
+	case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
+		http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+	default:
+		return
+	}
+	loc := resp.Header.Get("Location")
+	if loc == "" {
+		return
+	}
+	if _, err := req.URL.Parse(loc); err == nil {
+		return
+	}
+	body.location = loc
+	resp.Header = resp.Header.Clone()
+	resp.Header.Del("Location")
 }
 
 // attemptError marks err as an attempt timeout when this attempt's own
@@ -96,8 +123,16 @@ func corruptEncoding(err error) bool {
 type bufferedBody struct {
 	data      []byte
 	off       int
-	truncated bool // the body was longer than maxBodyBytes; data holds its start
+	truncated bool   // the body was longer than maxBodyBytes; data holds its start
+	location  string // a redirect's Location that does not parse (see hideBadLocation)
+
+	// small holds a body whose Content-Length says it fits (an unlock
+	// response does), so that reading it costs one allocation, not two.
+	small [smallBody]byte
 }
+
+// smallBody is the room a bufferedBody has for a short body of its own.
+const smallBody = 64
 
 func (b *bufferedBody) Read(p []byte) (int, error) {
 	if b.off >= len(b.data) {
@@ -115,14 +150,20 @@ func (b *bufferedBody) Close() error { return nil }
 // start is kept, marked truncated, and its connection is dropped.
 func readBounded(rc io.ReadCloser, contentLength int64, limit int) (*bufferedBody, error) {
 	defer rc.Close()
-	size := 512
-	if contentLength >= 0 && contentLength < int64(limit) {
-		size = int(contentLength) + 1 // +1 leaves room to see EOF without growing
+	b := new(bufferedBody)
+	var buf []byte
+	switch {
+	case contentLength >= 0 && contentLength < smallBody:
+		buf = b.small[: 0 : contentLength+1] // +1 leaves room to see EOF without growing
+	case contentLength >= 0 && contentLength < int64(limit):
+		buf = make([]byte, 0, contentLength+1)
+	default:
+		buf = make([]byte, 0, 512)
 	}
-	buf := make([]byte, 0, size)
 	for {
 		if len(buf) > limit {
-			return &bufferedBody{data: buf[:limit], truncated: true}, nil
+			b.data, b.truncated = buf[:limit], true
+			return b, nil
 		}
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
@@ -131,7 +172,8 @@ func readBounded(rc io.ReadCloser, contentLength int64, limit int) (*bufferedBod
 		buf = buf[:len(buf)+n]
 		switch {
 		case err == io.EOF && len(buf) <= limit:
-			return &bufferedBody{data: buf}, nil
+			b.data = buf
+			return b, nil
 		case err != nil && err != io.EOF:
 			return nil, err
 		}
