@@ -54,7 +54,8 @@ type Client struct {
 
 	token     *secret // nil when calls are anonymous
 	userAgent []string
-	hc        *http.Client // our own copy: attempt transport, redirects off
+	hc        *http.Client    // our own copy: attempt transport, redirects off
+	ownPool   *http.Transport // the pool the Client made itself; nil with a caller's Transport
 
 	maxRetries       int
 	waitMin, waitMax time.Duration
@@ -314,7 +315,8 @@ func (c *Client) httpClient(user *http.Client) *http.Client {
 		}
 	}
 	if base == nil {
-		base = newPooledTransport()
+		c.ownPool = newPooledTransport()
+		base = c.ownPool
 	}
 	// The attempt transport bounds each attempt itself; a Client.Timeout would
 	// add a timer and a goroutine per request for nothing.
@@ -322,6 +324,16 @@ func (c *Client) httpClient(user *http.Client) *http.Client {
 	hc.Transport = &attemptTransport{base: base, timeout: c.timeout}
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return hc
+}
+
+// CloseIdleConnections closes the idle keep-alive connections of the pool
+// the Client made for itself, as at the end of a program or a test. Calls
+// made afterwards open new connections. A Transport given with
+// [WithHTTPClient] belongs to the caller and is left alone.
+func (c *Client) CloseIdleConnections() {
+	if c.ownPool != nil {
+		c.ownPool.CloseIdleConnections()
+	}
 }
 
 // newPooledTransport is http.DefaultTransport's configuration with room for

@@ -1284,3 +1284,20 @@ func TestConcurrentUse(t *testing.T) {
 	wg.Wait()
 	assert.Equal(t, int32(32*25), srvCalls.Load())
 }
+
+func TestCloseIdleConnections(t *testing.T) {
+	f, c, _ := setup(t, nil)
+	_, err := unlock(c, "q", "k")
+	require.NoError(t, err)
+	c.CloseIdleConnections()
+	_, err = unlock(c, "q", "k")
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), f.newConns.Load(), "the Client's own pool was emptied")
+
+	shared := &countingTransport{base: http.DefaultTransport}
+	_, c2, _ := setup(t, nil, WithHTTPClient(&http.Client{Transport: shared}))
+	_, err = unlock(c2, "q", "k")
+	require.NoError(t, err)
+	c2.CloseIdleConnections()
+	assert.Zero(t, shared.idleClose.Load(), "a caller's transport is the caller's to manage")
+}
