@@ -140,14 +140,9 @@ func (cl *call) apiError(resp *http.Response, body []byte) *APIError {
 	tok, header := cl.c.token, resp.Header
 	if b, ok := resp.Body.(*bufferedBody); ok && b.location != "" {
 		header = header.Clone()
-		header.Set("Location", b.location)
+		header.Set("Location", tok.redact(b.location))
 	}
-	body = tok.redactBytes(body)
-	if loc := header.Get("Location"); tok.redact(loc) != loc {
-		header = header.Clone()
-		header.Set("Location", tok.redact(loc))
-	}
-	e := newAPIError(cl.req.method, cl.req.ep.rawPath, resp.StatusCode, header, body, cl.attempts)
+	e := newAPIError(cl.req.method, cl.req.ep.rawPath, resp.StatusCode, header, tok.redactBytes(body), cl.attempts)
 	e.Type, e.Message = tok.redact(e.Type), tok.redact(e.Message)
 	return e
 }

@@ -47,34 +47,24 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	}
 	resp.Body = body
 	resp.ContentLength = int64(len(body.data))
-	hideBadLocation(req, resp, body)
+	holdRedirect(resp, body)
 	return resp, nil
 }
 
-// hideBadLocation keeps a redirect whose Location does not parse a response.
-// net/http's Client parses the Location of a 301, 302, 303, 307 or 308 before
-// it asks CheckRedirect whether to follow it, and fails the request when it
-// does not parse, with an error that quotes the header in full. The Client
-// never follows redirects, so such a Location is taken out of the header
-// (net/http then returns the response as it is) and kept in the body, from
-// which call.apiError puts it back for the APIError's message.
-func hideBadLocation(req *http.Request, resp *http.Response, body *bufferedBody) {
-	switch resp.StatusCode {
-	case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
-		http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
-	default:
+// holdRedirect takes a redirect's Location out of its header and into its
+// body holder. The Client never follows redirects, but net/http parses the
+// Location of a 301, 302, 303, 307 or 308 before it asks CheckRedirect, and
+// fails the whole request, quoting the header in full, when it does not
+// parse. Without a Location, net/http hands the response back as it is, and
+// call.apiError still names the Location in the APIError.
+func holdRedirect(resp *http.Response, body *bufferedBody) {
+	if resp.StatusCode < 300 || resp.StatusCode > 399 {
 		return
 	}
-	loc := resp.Header.Get("Location")
-	if loc == "" {
-		return
+	if loc := resp.Header.Get("Location"); loc != "" {
+		body.location = loc
+		resp.Header.Del("Location")
 	}
-	if _, err := req.URL.Parse(loc); err == nil {
-		return
-	}
-	body.location = loc
-	resp.Header = resp.Header.Clone()
-	resp.Header.Del("Location")
 }
 
 // attemptError marks err as an attempt timeout when this attempt's own
@@ -124,7 +114,7 @@ type bufferedBody struct {
 	data      []byte
 	off       int
 	truncated bool   // the body was longer than maxBodyBytes; data holds its start
-	location  string // a redirect's Location that does not parse (see hideBadLocation)
+	location  string // a redirect's Location (see holdRedirect)
 
 	// small holds a body whose Content-Length says it fits (an unlock
 	// response does), so that reading it costs one allocation, not two.
