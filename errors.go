@@ -221,21 +221,28 @@ func newAPIError(method, path string, status int, header http.Header, body []byt
 const maxMessageBytes = 512
 
 // clip makes s safe and short for an error message: at most n bytes, cut on a
-// rune boundary, valid UTF-8, one line, trimmed.
+// rune boundary, valid UTF-8, one line (control, format and separator
+// characters, such as bidi overrides and U+2028, become spaces), trimmed.
 func clip(s string, n int) string {
+	s = cutBytes(s, n) // bound the work: s may be a 1 MiB body
 	s = strings.ToValidUTF8(s, "\uFFFD")
 	s = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
+		if unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp) {
 			return ' '
 		}
 		return r
 	}, s)
-	if len(s) > n {
-		i := n
-		for i > 0 && !utf8.RuneStart(s[i]) {
-			i--
-		}
-		s = s[:i]
+	return strings.TrimSpace(cutBytes(s, n)) // U+FFFD may have made it longer
+}
+
+// cutBytes returns at most n bytes of s, cut on a rune boundary.
+func cutBytes(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return strings.TrimSpace(s)
+	i := n
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i]
 }

@@ -27,10 +27,10 @@ type call struct {
 	ctx context.Context
 	req apiRequest
 
-	attempts int       // attempts started so far
-	start    time.Time // when the current attempt started (only kept for logging)
-	reason   string    // why the last attempt is being retried
-	last     *APIError // the last retried response, for a ctx that ends during the wait
+	attempts int            // attempts started so far
+	start    time.Time      // when the current attempt started (only kept for logging)
+	reason   string         // why the last attempt is being retried
+	last     *http.Response // the last retried response (body read), for a ctx that ends during the wait
 }
 
 // calls recycles call structs. Each comes with its retryablehttp.Client and
@@ -81,10 +81,7 @@ func (cl *call) checkRetry(ctx context.Context, resp *http.Response, err error) 
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return false, ctxErr // never retry for a caller that has gone
 	}
-	cl.last = nil
-	if resp != nil {
-		cl.last = cl.apiError(resp, responseBody(resp))
-	}
+	cl.last = resp // decoded only if the ctx ends during the wait
 	if cl.attempts > cl.c.maxRetries {
 		return false, nil // no retries left: the last failure is the result
 	}
@@ -160,7 +157,9 @@ func (cl *call) requestError(err error, resp *http.Response, body []byte) error 
 	case resp != nil && (resp.StatusCode < 200 || resp.StatusCode > 299):
 		re.Last = cl.apiError(resp, body)
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-		re.Last = cl.last
+		if cl.last != nil {
+			re.Last = cl.apiError(cl.last, responseBody(cl.last))
+		}
 	}
 	return re
 }

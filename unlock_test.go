@@ -1301,3 +1301,23 @@ func TestCloseIdleConnections(t *testing.T) {
 	c2.CloseIdleConnections()
 	assert.Zero(t, shared.idleClose.Load(), "a caller's transport is the caller's to manage")
 }
+
+func TestClip(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"plain", "plain"},
+		{"  two\nlines\r\n", "two lines"},
+		{"tab\there", "tab here"},
+		{"bidi \u202Eevil\u202C override", "bidi  evil  override"},
+		{"line\u2028separator\u2029paragraph", "line separator paragraph"},
+		{"zero\u200Bwidth", "zero width"},
+		{"bad \xff utf8", "bad \uFFFD utf8"},
+		{strings.Repeat("é", 300), strings.Repeat("é", 256)},
+		{strings.Repeat("\xff", 600), "\uFFFD"}, // a run of bad bytes becomes one U+FFFD
+		{strings.Repeat("a\xff", 300), strings.Repeat("a\uFFFD", 128)},
+	}
+	for _, tt := range tests {
+		got := clip(tt.in, maxMessageBytes)
+		assert.Equal(t, tt.want, got, "%q", tt.in)
+		assert.LessOrEqual(t, len(got), maxMessageBytes)
+	}
+}
