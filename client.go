@@ -445,13 +445,13 @@ func (c *Client) do(ctx context.Context, r apiRequest) (apiResponse, error) {
 		u.RawPath = r.ep.rawPath
 	}
 	h := make(http.Header, 4)
-	h["Accept"] = acceptJSON
+	h["Accept"] = jsonMediaType
 	h["User-Agent"] = c.userAgent
 	if c.token != nil {
 		h["Authorization"] = c.token.header()
 	}
 	if r.body != nil {
-		h["Content-Type"] = acceptJSON
+		h["Content-Type"] = jsonMediaType
 	}
 	hreq := (&http.Request{
 		Method:     r.method,
@@ -490,7 +490,8 @@ func (c *Client) do(ctx context.Context, r apiRequest) (apiResponse, error) {
 	return out, nil
 }
 
-var acceptJSON = []string{"application/json"}
+// jsonMediaType is the Accept and Content-Type value, shared read-only by every request.
+var jsonMediaType = []string{"application/json"}
 
 // keepLastResponse is the ErrorHandler: when retries run out, the last
 // response (its body already read by the attempt transport) and error go back
