@@ -54,8 +54,11 @@ type Client struct {
 
 	token     *secret // nil when calls are anonymous
 	userAgent []string
-	hc        *http.Client    // our own copy: attempt transport, redirects off
-	ownPool   *http.Transport // the pool the Client made itself; nil with a caller's Transport
+	hc        *http.Client // our own copy: attempt transport, redirects off
+	// closeIdle empties the pool the Client made itself; nil with a caller's
+	// Transport. A func, not the *http.Transport: fmt shows a func as an
+	// address under every verb, and must never walk a live transport.
+	closeIdle func()
 
 	maxRetries       int
 	waitMin, waitMax time.Duration
@@ -315,8 +318,8 @@ func (c *Client) httpClient(user *http.Client) *http.Client {
 		}
 	}
 	if base == nil {
-		c.ownPool = newPooledTransport()
-		base = c.ownPool
+		pool := newPooledTransport()
+		c.closeIdle, base = pool.CloseIdleConnections, pool
 	}
 	// The attempt transport bounds each attempt itself; a Client.Timeout would
 	// add a timer and a goroutine per request for nothing.
@@ -331,8 +334,8 @@ func (c *Client) httpClient(user *http.Client) *http.Client {
 // made afterwards open new connections. A Transport given with
 // [WithHTTPClient] belongs to the caller and is left alone.
 func (c *Client) CloseIdleConnections() {
-	if c.ownPool != nil {
-		c.ownPool.CloseIdleConnections()
+	if c.closeIdle != nil {
+		c.closeIdle()
 	}
 }
 
