@@ -26,9 +26,10 @@ import (
 //	leavers killed:            queue drained at t=10m11s (the stranded requests waited for their locks to expire)
 //	mixed:                     queue drained at t=10m11s
 //
-// event marks what happened to a request's lock number lock (an index into
-// its lock history) at time at.
+// event marks what happened to lock number lock (an index into its lock
+// history) of request id at time at.
 type event struct {
+	id   string
 	at   time.Time
 	lock int
 }
@@ -77,8 +78,8 @@ func TestSimulatedSharedQueue(t *testing.T) {
 			var (
 				mu        sync.Mutex
 				lockedAt  = map[string][]time.Time{} // request ID -> when each lock was taken
-				released  = map[string]event{}       // released by a clean shutdown
-				stranded  = map[string]event{}       // held by a killed consumer until its lock expires
+				released  []event                    // locks released by a clean shutdown
+				stranded  []event                    // locks of killed consumers, held until they expire
 				handledBy = map[string]string{}
 			)
 			active := map[int]bool{}
@@ -106,7 +107,7 @@ func TestSimulatedSharedQueue(t *testing.T) {
 					case "killed": // gone without a word: its locks stay
 						mu.Lock()
 						for _, it := range head.Items {
-							stranded[it.ID] = event{at: it.LockExpiresAt, lock: mine[it.ID]}
+							stranded = append(stranded, event{id: it.ID, at: it.LockExpiresAt, lock: mine[it.ID]})
 						}
 						mu.Unlock()
 						return nil
@@ -136,7 +137,7 @@ func TestSimulatedSharedQueue(t *testing.T) {
 					}
 					mu.Lock()
 					for _, it := range head.Items[len(handle):] {
-						released[it.ID] = event{at: now, lock: mine[it.ID]}
+						released = append(released, event{id: it.ID, at: now, lock: mine[it.ID]})
 					}
 					mu.Unlock()
 				}
@@ -185,14 +186,16 @@ func TestSimulatedSharedQueue(t *testing.T) {
 
 			// Released by a clean shutdown: locked again in the same round or
 			// the next, long before the lock would have expired.
-			for id, ev := range released {
+			for _, ev := range released {
+				id := ev.id
 				times := lockedAt[id]
 				require.Greater(t, len(times), ev.lock+1, id)
 				next := times[ev.lock+1]
 				assert.LessOrEqual(t, next.Sub(ev.at), time.Second, "request %s released at %v was picked up at %v", id, ev.at, next)
 			}
 			// Held by a killed consumer: nobody got it before its lock expired.
-			for id, ev := range stranded {
+			for _, ev := range stranded {
+				id := ev.id
 				times := lockedAt[id]
 				require.Greater(t, len(times), ev.lock+1, id)
 				next := times[ev.lock+1]
