@@ -93,6 +93,8 @@ func validateClientKey(key string) error {
 	return nil
 }
 
+// clientKeyQuery is query{}.add("clientKey", key).encode() in one allocation
+// instead of three: it is on the unlock hot path.
 func clientKeyQuery(key string) string {
 	if key == "" {
 		return ""
