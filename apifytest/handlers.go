@@ -746,6 +746,16 @@ func (s *Server) serveListRequests(w http.ResponseWriter, r *http.Request, c cal
 	return nil
 }
 
+// readRequestBody reads the one request that the body of an add or an
+// update holds, and the "id" it may carry.
+func readRequestBody(w http.ResponseWriter, r *http.Request) (requestData, string, error) {
+	body, err := readJSONBody(w, r)
+	if err != nil {
+		return requestData{}, "", err
+	}
+	return parseRequest(body, "The request")
+}
+
 func (s *Server) serveAddRequest(w http.ResponseWriter, r *http.Request, c caller) error {
 	c, err := withClientKey(r, c)
 	if err != nil {
@@ -755,11 +765,7 @@ func (s *Server) serveAddRequest(w http.ResponseWriter, r *http.Request, c calle
 	if err != nil {
 		return err
 	}
-	body, err := readJSONBody(w, r)
-	if err != nil {
-		return err
-	}
-	d, id, err := parseRequest(body, "The request")
+	d, id, err := readRequestBody(w, r)
 	if err != nil {
 		return err
 	}
@@ -909,11 +915,7 @@ func (s *Server) serveUpdateRequest(w http.ResponseWriter, r *http.Request, c ca
 	if err != nil {
 		return err
 	}
-	body, err := readJSONBody(w, r)
-	if err != nil {
-		return err
-	}
-	d, id, err := parseRequest(body, "The request")
+	d, id, err := readRequestBody(w, r)
 	if err != nil {
 		return err
 	}
