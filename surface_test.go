@@ -56,7 +56,7 @@ func surfaceEndpointCases() []endpointCase {
 		{
 			name: "Delete", method: "DELETE", uri: "/v2/request-queues/q",
 			idempotent: true, status: 204,
-			call:       func(ctx context.Context, q *RequestQueueClient) error { return q.Delete(ctx) },
+			call: func(ctx context.Context, q *RequestQueueClient) error { return q.Delete(ctx) },
 		},
 		{
 			name: "DeleteRequest", method: "DELETE", uri: "/v2/request-queues/q/requests/req%2F1?clientKey=ck",
@@ -255,8 +255,10 @@ func TestQueueGetUpdateDelete(t *testing.T) {
 
 	t.Run("a delete whose earlier answer was lost succeeds", func(t *testing.T) {
 		for name, del := range map[string]func(*RequestQueueClient) error{
-			"Delete":        func(q *RequestQueueClient) error { return q.Delete(context.Background()) },
-			"DeleteRequest": func(q *RequestQueueClient) error { return q.DeleteRequest(context.Background(), "r1", DeleteRequestOptions{}) },
+			"Delete": func(q *RequestQueueClient) error { return q.Delete(context.Background()) },
+			"DeleteRequest": func(q *RequestQueueClient) error {
+				return q.DeleteRequest(context.Background(), "r1", DeleteRequestOptions{})
+			},
 		} {
 			f, c, _ := setup(t, []reply{{status: 502}, apiErr(404, "record-not-found", "gone")})
 			assert.NoError(t, del(c.RequestQueue("q")), name)
@@ -689,5 +691,3 @@ func TestMarkHandledReadsThenWritesTheWholeRequest(t *testing.T) {
 		assert.Zero(t, f.hits())
 	})
 }
-
-
