@@ -185,6 +185,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	for _, q := range queues {
 		opts = append(opts, apifytest.WithQueue(q))
 	}
+	if _, _, err := net.SplitHostPort(*addr); err != nil {
+		fmt.Fprintf(stderr, "apify-rq serve: --addr must be host:port, such as 127.0.0.1:8080 (port 0 picks a free one); got %q\n", *addr)
+		return exitUsage
+	}
 	emu, err := newEmulator(opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "apify-rq serve: %v\n", err)

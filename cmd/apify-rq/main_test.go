@@ -144,6 +144,7 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"serve", "--run-token", "tok="}, 2, "--run-token must be TOKEN=RUN_ID"},
 		{[]string{"serve", "--queue", "no spaces"}, 2, "WithQueue"},
 		{[]string{"serve", "--addr", "127.0.0.1:99999"}, 1, "cannot listen on 127.0.0.1:99999"},
+		{[]string{"serve", "--addr", "nope"}, 2, `--addr must be host:port, such as 127.0.0.1:8080 (port 0 picks a free one); got "nope"`},
 		{[]string{"serve", "stray"}, 2, `unexpected argument "stray"`},
 	}
 	for _, tc := range cases {
