@@ -13,6 +13,16 @@
 //	}
 //	res, err := c.RequestQueue(queueID).UnlockRequests(ctx, clientKey)
 //
+// # The rest of a crawler's queue
+//
+// [Client.GetOrCreateRequestQueue] finds a queue by name and
+// [DefaultRequestQueueID] names an Actor run's own; [RequestQueueClient.Get]
+// reports its counts. [RequestQueueClient.ListAndLockHead] takes work,
+// [RequestQueueClient.MarkHandled] finishes it by request ID without losing
+// what the request carries, [RequestQueueClient.ListRequests] iterates over
+// locked or pending requests, and [RequestQueueClient.BatchAddRequests] adds
+// any number of requests, sending again what the API reports unprocessed.
+//
 // # Correct on the wire
 //
 // The queue ID is escaped as one path segment (a "/", "?" or "#" in it can

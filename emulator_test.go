@@ -68,11 +68,11 @@ func TestEveryMethodAgainstTheEmulator(t *testing.T) {
 	assert.Equal(t, 403, apiErr.StatusCode)
 	assert.Equal(t, "request-handled-or-locked", apiErr.Type)
 
-	// GetRequest returns the whole request; MarkHandled writes it back.
+	// GetRequest returns the whole request; MarkHandled keeps it whole.
 	full, err := q.GetRequest(ctx, first.ID)
 	require.NoError(t, err)
 	assert.JSONEq(t, `{"label":"START"}`, string(full.UserData))
-	handled, err := q.MarkHandled(ctx, *full, apify.RequestOptions{ClientKey: key})
+	handled, err := q.MarkHandled(ctx, first.ID, apify.RequestOptions{ClientKey: key})
 	require.NoError(t, err)
 	assert.Equal(t, first.ID, handled.RequestID)
 	got, ok := srv.Request(queueID, first.ID)

@@ -37,7 +37,7 @@ func endpointCases() []endpointCase {
 	handled := req
 	handled.ID = "req/1"
 	handled.HandledAt = lockedAt
-	return []endpointCase{
+	return append([]endpointCase{
 		{
 			name: "UnlockRequests", method: "POST", uri: "/v2/request-queues/q/requests/unlock?clientKey=ck",
 			idempotent: true, status: 200, reply: `{"data":{"unlockedCount":1}}`,
@@ -106,15 +106,15 @@ func endpointCases() []endpointCase {
 			},
 		},
 		{
-			name: "MarkHandled", method: "PUT", uri: "/v2/request-queues/q/requests/req%2F1?clientKey=ck",
+			name: "UpdateRequest", method: "PUT", uri: "/v2/request-queues/q/requests/req%2F1?clientKey=ck",
 			body:       `{"id":"req/1","uniqueKey":"http://x.test/a","url":"http://x.test/a","userData":{"label":"A"},"handledAt":"2026-11-29T10:00:00Z"}`,
 			idempotent: true, status: 200, reply: `{"data":{"requestId":"req/1","wasAlreadyPresent":true,"wasAlreadyHandled":false}}`,
 			call: func(ctx context.Context, q *RequestQueueClient) error {
-				_, err := q.MarkHandled(ctx, handled, RequestOptions{ClientKey: "ck"})
+				_, err := q.UpdateRequest(ctx, handled, RequestOptions{ClientKey: "ck"})
 				return err
 			},
 		},
-	}
+	}, surfaceEndpointCases()...)
 }
 
 func TestEveryEndpointWire(t *testing.T) {
@@ -368,27 +368,10 @@ func TestAddAndBatchAddRequests(t *testing.T) {
 		assert.Equal(t, &RequestRegistration{RequestID: "r9", WasAlreadyPresent: true, WasAlreadyHandled: true}, reg)
 	})
 
-	t.Run("batch splits processed and unprocessed", func(t *testing.T) {
-		_, c, _ := setup(t, []reply{{status: 201, body: `{"data":{
-			"processedRequests":[{"requestId":"r1","uniqueKey":"a","wasAlreadyPresent":false,"wasAlreadyHandled":false}],
-			"unprocessedRequests":[{"uniqueKey":"b","url":"http://x.test/b","method":"GET"}]}}`}})
-		res, err := c.RequestQueue("q").BatchAddRequests(context.Background(),
-			[]Request{{UniqueKey: "a", URL: "http://x.test/a"}, {UniqueKey: "b", URL: "http://x.test/b"}}, RequestOptions{})
-		require.NoError(t, err)
-		assert.Equal(t, &BatchAddResult{
-			Processed:   []AddedRequest{{RequestID: "r1", UniqueKey: "a"}},
-			Unprocessed: []Request{{UniqueKey: "b", URL: "http://x.test/b", Method: "GET"}},
-		}, res)
-	})
-
 	t.Run("validation before any I/O", func(t *testing.T) {
 		f, c, _ := setup(t, nil)
 		q := c.RequestQueue("q")
 		ok := Request{UniqueKey: "u", URL: "http://x.test"}
-		many := make([]Request, 26)
-		for i := range many {
-			many[i] = ok
-		}
 		for _, tt := range []struct {
 			err error
 			msg string
@@ -396,9 +379,7 @@ func TestAddAndBatchAddRequests(t *testing.T) {
 			{addErr(q, Request{URL: "http://x.test"}), "the request has no UniqueKey"},
 			{addErr(q, Request{UniqueKey: "u"}), "the request has no URL"},
 			{addErr(q, Request{UniqueKey: "u", URL: "http://x.test", UserData: json.RawMessage(`{`)}), "not valid JSON"},
-			{batchErr(q, nil), "a batch has 0 requests; it must have 1 to 25"},
-			{batchErr(q, many), "a batch has 26 requests; it must have 1 to 25"},
-			{batchErr(q, []Request{ok, {UniqueKey: "v"}}), "request 1 of the batch has no URL"},
+			{batchErr(q, []Request{ok, {UniqueKey: "v"}}), "request 1 of 2 has no URL"},
 			{func() error {
 				_, err := q.UpdateRequest(context.Background(), ok, RequestOptions{})
 				return err
@@ -440,18 +421,6 @@ func TestGetRequestKeepsEveryField(t *testing.T) {
 	var in struct{ Data json.RawMessage }
 	require.NoError(t, json.Unmarshal([]byte(body), &in))
 	assert.JSONEq(t, strings.Replace(string(in.Data), ".000Z", "Z", 1), string(out))
-}
-
-func TestMarkHandled(t *testing.T) {
-	f, c, _ := setup(t, []reply{{status: 200, body: `{"data":{"requestId":"r1","wasAlreadyPresent":true,"wasAlreadyHandled":false}}`}})
-	before := time.Now().UTC().Truncate(time.Second)
-	_, err := c.RequestQueue("q").MarkHandled(context.Background(), Request{ID: "r1", UniqueKey: "u", URL: "http://x.test"}, RequestOptions{ClientKey: "ck"})
-	require.NoError(t, err)
-	var sent Request
-	require.NoError(t, json.Unmarshal(f.requests()[0].Body, &sent))
-	assert.False(t, sent.HandledAt.Before(before), "handledAt is now: %v", sent.HandledAt)
-	assert.Less(t, time.Since(sent.HandledAt), time.Minute)
-	assert.Equal(t, "r1", sent.ID)
 }
 
 func TestDefaultClientKey(t *testing.T) {

@@ -8,9 +8,6 @@ import (
 	"time"
 )
 
-// MaxBatchSize is the most requests one [RequestQueueClient.BatchAddRequests] call may add.
-const MaxBatchSize = 25
-
 // Request is a request in a queue: what a crawler should fetch, and how far
 // it got. UniqueKey and URL are required; the queue deduplicates by UniqueKey.
 type Request struct {
@@ -53,23 +50,6 @@ type RequestRegistration struct {
 	WasAlreadyHandled bool `json:"wasAlreadyHandled"`
 }
 
-// AddedRequest is a request that BatchAddRequests processed.
-type AddedRequest struct {
-	RequestID         string `json:"requestId"`
-	UniqueKey         string `json:"uniqueKey"`
-	WasAlreadyPresent bool   `json:"wasAlreadyPresent"`
-	WasAlreadyHandled bool   `json:"wasAlreadyHandled"`
-}
-
-// BatchAddResult is the result of [RequestQueueClient.BatchAddRequests].
-type BatchAddResult struct {
-	// Processed are the requests the queue took (or already had).
-	Processed []AddedRequest `json:"processedRequests"`
-	// Unprocessed are the requests the queue did not take this time (rate
-	// limits, internal failures). They were not added: send them again later.
-	Unprocessed []Request `json:"unprocessedRequests"`
-}
-
 // AddRequest adds a request to the queue, or finds the one with the same
 // UniqueKey. Adding is idempotent in effect, so it is retried like
 // UnlockRequests.
@@ -83,52 +63,6 @@ func (q *RequestQueueClient) AddRequest(ctx context.Context, req Request, opts R
 		return nil, err
 	}
 	return q.sendRequest(ctx, http.MethodPost, q.endpoint("/requests"), req, opts)
-}
-
-// BatchAddRequests adds up to [MaxBatchSize] requests in one call. Requests
-// the queue could not take are returned in Unprocessed, not as an error.
-// Like AddRequest, it is retried after transient failures.
-//
-// It calls POST /v2/request-queues/{queueId}/requests/batch.
-func (q *RequestQueueClient) BatchAddRequests(ctx context.Context, reqs []Request, opts RequestOptions) (*BatchAddResult, error) {
-	if q.err != nil {
-		return nil, q.err
-	}
-	if len(reqs) == 0 || len(reqs) > MaxBatchSize {
-		return nil, fmt.Errorf("apify: %w: a batch has %d requests; it must have 1 to %d", ErrInvalidInput, len(reqs), MaxBatchSize)
-	}
-	for i, r := range reqs {
-		if err := validateNewRequest(fmt.Sprintf("request %d of the batch", i), r); err != nil {
-			return nil, err
-		}
-	}
-	if err := validateClientKey(opts.ClientKey); err != nil {
-		return nil, err
-	}
-	body, err := json.Marshal(reqs)
-	if err != nil {
-		return nil, fmt.Errorf("apify: %w: %w", ErrInvalidInput, err)
-	}
-	resp, err := q.c.do(ctx, apiRequest{
-		method:     http.MethodPost,
-		ep:         q.endpoint("/requests/batch"),
-		query:      opts.query(),
-		body:       body,
-		idempotent: true,
-	})
-	if err != nil {
-		return nil, err
-	}
-	res, err := decodeData[BatchAddResult](resp)
-	if err != nil {
-		return nil, err
-	}
-	for i, p := range res.Processed {
-		if p.RequestID == "" {
-			return nil, resp.unexpected(fmt.Sprintf("data.processedRequests[%d] has no requestId", i))
-		}
-	}
-	return res, nil
 }
 
 // GetRequest returns a request of the queue; an unknown ID is an *APIError
@@ -154,11 +88,16 @@ func (q *RequestQueueClient) GetRequest(ctx context.Context, requestID string) (
 	return r, nil
 }
 
-// UpdateRequest replaces the request with ID req.ID by req. Setting
-// HandledAt marks it handled, which also releases its lock. The whole
-// request is sent, so update one read with GetRequest rather than one built
-// from a LockedRequest, which lacks UserData and the rest. It is idempotent,
-// so it is retried like UnlockRequests.
+// UpdateRequest replaces the request with ID req.ID by req: the API keeps
+// nothing of the stored request that req does not carry, so a req without
+// UserData erases the stored UserData. Pass a request read with GetRequest
+// (or ListRequests) and changed, never one built from a LockedRequest or a
+// HeadRequest, which carry only the ID, URL and a few fields. To mark a
+// request handled, [RequestQueueClient.MarkHandled] is simpler and safe.
+//
+// Setting HandledAt marks the request handled, which also releases its lock;
+// clearing it puts a handled request back in the queue. Updating is
+// idempotent, so it is retried like UnlockRequests.
 //
 // It calls PUT /v2/request-queues/{queueId}/requests/{requestId}.
 func (q *RequestQueueClient) UpdateRequest(ctx context.Context, req Request, opts RequestOptions) (*RequestRegistration, error) {
@@ -172,14 +111,95 @@ func (q *RequestQueueClient) UpdateRequest(ctx context.Context, req Request, opt
 	return q.sendRequest(ctx, http.MethodPut, ep, req, opts)
 }
 
-// MarkHandled marks a request handled (HandledAt set to now unless already
-// set) and so releases its lock. opts.ClientKey should be the key the lock
-// was taken with. See UpdateRequest for what to pass as req.
-func (q *RequestQueueClient) MarkHandled(ctx context.Context, req Request, opts RequestOptions) (*RequestRegistration, error) {
-	if req.HandledAt.IsZero() {
-		req.HandledAt = time.Now().UTC()
+// MarkHandled marks the request with this ID handled, which also releases
+// its lock, and keeps everything else about it: it reads the stored request
+// and writes it back whole with handledAt set to now, so UserData, headers,
+// payload and any field this package does not know survive. That is what
+// to call with the ID of a LockedRequest from ListAndLockHead:
+//
+//	head, err := q.ListAndLockHead(ctx, apify.LockHeadOptions{Limit: 10, LockDuration: time.Minute, ClientKey: key})
+//	...
+//	for _, it := range head.Items {
+//		// ... process it ...
+//		_, err := q.MarkHandled(ctx, it.ID, apify.RequestOptions{ClientKey: key})
+//	}
+//
+// opts.ClientKey should be the key the lock was taken with: the API lets
+// only the holder of a live lock mark the request handled. A request that
+// is already handled is left as it is (WasAlreadyHandled is true, and
+// nothing is written).
+//
+// It costs two calls, both retried like UnlockRequests. The read and the
+// write are not atomic; the caller's lock keeps other crawlers from
+// handling the request in between. A caller that already holds the whole
+// request (from GetRequest) can save the read: set HandledAt and call
+// UpdateRequest.
+//
+// It calls GET, then PUT /v2/request-queues/{queueId}/requests/{requestId}.
+func (q *RequestQueueClient) MarkHandled(ctx context.Context, requestID string, opts RequestOptions) (*RequestRegistration, error) {
+	ep, err := q.requestEndpoint(requestID, "")
+	if err != nil {
+		return nil, err
 	}
-	return q.UpdateRequest(ctx, req, opts)
+	if err := validateClientKey(opts.ClientKey); err != nil {
+		return nil, err
+	}
+	resp, err := q.c.do(ctx, apiRequest{method: http.MethodGet, ep: ep, idempotent: true})
+	if err != nil {
+		return nil, err
+	}
+	// The request as raw fields: what this package does not model goes back too.
+	stored, err := decodeData[map[string]json.RawMessage](resp)
+	if err != nil {
+		return nil, err
+	}
+	var id string
+	if json.Unmarshal((*stored)["id"], &id) != nil || id != requestID {
+		return nil, resp.unexpected(fmt.Sprintf("data.id is not the requested ID %q", requestID))
+	}
+	if h, ok := (*stored)["handledAt"]; ok && string(h) != "null" {
+		return &RequestRegistration{RequestID: requestID, WasAlreadyPresent: true, WasAlreadyHandled: true}, nil
+	}
+	(*stored)["handledAt"] = json.RawMessage(`"` + time.Now().UTC().Format(apiTimeFormat) + `"`)
+	body, err := json.Marshal(*stored)
+	if err != nil {
+		return nil, resp.unexpected("the stored request cannot be written back (" + clip(err.Error(), 200) + ")")
+	}
+	resp, err = q.c.do(ctx, apiRequest{method: http.MethodPut, ep: ep, query: clientKeyQuery(opts.ClientKey), body: body, idempotent: true})
+	if err != nil {
+		return nil, err
+	}
+	return decodeRegistration(resp)
+}
+
+// apiTimeFormat is how the API writes times: UTC, milliseconds.
+const apiTimeFormat = "2006-01-02T15:04:05.000Z"
+
+// DeleteRequestOptions configures [RequestQueueClient.DeleteRequest] and
+// [RequestQueueClient.BatchDeleteRequests].
+type DeleteRequestOptions struct {
+	// ClientKey identifies the caller; a request locked by another client
+	// cannot be deleted.
+	ClientKey string
+}
+
+// DeleteRequest deletes a request from the queue.
+//
+// It is retried like UnlockRequests. When an earlier attempt's answer was
+// lost, a later one finds the request gone (404); DeleteRequest then reports
+// success. A 404 on the first attempt is an error matching [ErrNotFound].
+//
+// It calls DELETE /v2/request-queues/{queueId}/requests/{requestId}.
+func (q *RequestQueueClient) DeleteRequest(ctx context.Context, requestID string, opts DeleteRequestOptions) error {
+	ep, err := q.requestEndpoint(requestID, "")
+	if err != nil {
+		return err
+	}
+	if err := validateClientKey(opts.ClientKey); err != nil {
+		return err
+	}
+	_, err = q.c.do(ctx, apiRequest{method: http.MethodDelete, ep: ep, query: clientKeyQuery(opts.ClientKey), idempotent: true})
+	return goneAfterRetry(err)
 }
 
 // sendRequest is the shared body of AddRequest and UpdateRequest.
@@ -195,6 +215,11 @@ func (q *RequestQueueClient) sendRequest(ctx context.Context, method string, ep 
 	if err != nil {
 		return nil, err
 	}
+	return decodeRegistration(resp)
+}
+
+// decodeRegistration decodes a RequestRegistration, which must name the request.
+func decodeRegistration(resp apiResponse) (*RequestRegistration, error) {
 	reg, err := decodeData[RequestRegistration](resp)
 	if err != nil {
 		return nil, err

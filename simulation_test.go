@@ -116,7 +116,7 @@ func TestSimulatedSharedQueue(t *testing.T) {
 					}
 				}
 				for _, it := range handle {
-					reg, err := q.MarkHandled(ctx, apify.Request{ID: it.ID, UniqueKey: it.UniqueKey, URL: it.URL}, apify.RequestOptions{ClientKey: key})
+					reg, err := q.MarkHandled(ctx, it.ID, apify.RequestOptions{ClientKey: key})
 					if err != nil {
 						return fmt.Errorf("%s handling %s: %w", key, it.ID, err)
 					}

@@ -155,7 +155,7 @@ func soak(t *testing.T, d time.Duration) soakStats {
 							count(err, nil)
 							continue
 						}
-						reg, err := q.MarkHandled(ctx, *req, apify.RequestOptions{ClientKey: key})
+						reg, err := q.MarkHandled(ctx, req.ID, apify.RequestOptions{ClientKey: key})
 						if err == nil {
 							if !reg.WasAlreadyHandled {
 								handledIDs.Store(it.ID, key)

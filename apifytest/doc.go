@@ -18,12 +18,14 @@
 // # The API served
 //
 // The 15 operations on 8 paths of Apify's OpenAPI document for request
-// queues, plus get-or-create from Apify's API reference (POST
-// /v2/request-queues, operationId requestQueues_post), with the spec's paths,
+// queues, plus get-or-create and the list of queues from Apify's API
+// reference (POST and GET /v2/request-queues, operationIds
+// requestQueues_post and requestQueues_get), with the spec's paths,
 // parameters, status codes and {"data": ...} / {"error": {"type", "message"}}
 // envelopes:
 //
 //	POST   /v2/request-queues?name=N                         get or create (201 created, 200 existing)
+//	GET    /v2/request-queues                                the caller's queues (offset, limit, desc, unnamed, ownership)
 //	GET    /v2/request-queues/{queueId}                      also username~name and ~name
 //	PUT    /v2/request-queues/{queueId}                      rename, generalAccess
 //	DELETE /v2/request-queues/{queueId}
@@ -157,6 +159,11 @@
 //     another method gives 405 method-not-allowed listing the methods;
 //     OPTIONS gives 204 with Allow. The spec's method override (?method=POST)
 //     is honoured.
+//   - Listing queues (GET /v2/request-queues) returns the caller's own
+//     queues in the order they were created (newest first with desc=1),
+//     named ones only unless unnamed=1; nothing is shared between users, so
+//     ownership=sharedWithMe lists none. limit defaults to and is capped at
+//     1000.
 //   - Time is UTC with millisecond precision; a lock has expired from its
 //     lockExpiresAt on. Injected faults answer before authentication and
 //     before any state changes. Rate limits are not emulated (inject 429s

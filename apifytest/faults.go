@@ -14,6 +14,7 @@ type Operation string
 // The operations the emulator serves.
 const (
 	OpGetOrCreateQueue    Operation = "requestQueues_post"
+	OpListQueues          Operation = "requestQueues_get"
 	OpGetQueue            Operation = "requestQueue_get"
 	OpUpdateQueue         Operation = "requestQueue_put"
 	OpDeleteQueue         Operation = "requestQueue_delete"
@@ -34,7 +35,7 @@ const (
 // Operations lists every Operation the emulator serves.
 func Operations() []Operation {
 	return []Operation{
-		OpGetOrCreateQueue, OpGetQueue, OpUpdateQueue, OpDeleteQueue,
+		OpGetOrCreateQueue, OpListQueues, OpGetQueue, OpUpdateQueue, OpDeleteQueue,
 		OpListRequests, OpAddRequest, OpBatchAddRequests, OpBatchDeleteRequests,
 		OpUnlockRequests, OpGetRequest, OpUpdateRequest, OpDeleteRequest,
 		OpProlongRequestLock, OpDeleteRequestLock, OpGetHead, OpListAndLockHead,

@@ -53,6 +53,7 @@ func (s *Server) routes() http.Handler {
 		f       opFunc
 	}{
 		{"POST /v2/request-queues", OpGetOrCreateQueue, s.serveCreateQueue},
+		{"GET /v2/request-queues", OpListQueues, s.serveListQueues},
 		{"GET " + q, OpGetQueue, s.serveGetQueue},
 		{"PUT " + q, OpUpdateQueue, s.serveUpdateQueue},
 		{"DELETE " + q, OpDeleteQueue, s.serveDeleteQueue},

@@ -588,7 +588,7 @@ func TestEverySpecOperationIsServed(t *testing.T) {
 		}
 	}
 	for _, op := range Operations() {
-		if _, ok := s.ops[string(op)]; !ok && op != OpGetOrCreateQueue {
+		if _, ok := s.ops[string(op)]; !ok && op != OpGetOrCreateQueue && op != OpListQueues {
 			t.Errorf("Operation %s is not in the spec", op)
 		}
 	}

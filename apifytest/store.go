@@ -176,6 +176,7 @@ type user struct {
 //   - byKey, byRun: the live locks of each clientKey and of each run.
 type queue struct {
 	id, name      string
+	seq           uint64 // creation order, for listing
 	owner         *user
 	generalAccess string
 	createdAt     time.Time
@@ -204,6 +205,7 @@ type store struct {
 	users   map[string]*user  // by name
 	queues  map[string]*queue // by ID
 	lockSeq uint64
+	qSeq    uint64 // queues created so far
 }
 
 func newStore(clock Clock) *store {
@@ -264,6 +266,8 @@ func (s *store) createQueue(username, name string) (queueInfo, bool, error) {
 	for s.queues[q.id] != nil {
 		q.id = randomID()
 	}
+	s.qSeq++
+	q.seq = s.qSeq
 	s.queues[q.id] = q
 	if name != "" {
 		u.queues[name] = q

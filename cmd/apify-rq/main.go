@@ -1,10 +1,14 @@
-// Command apify-rq runs the request-queue emulator as a standalone server and
-// releases a queue's locks on the Apify API (or any server that speaks it).
+// Command apify-rq runs the request-queue emulator as a standalone server,
+// and shows, lists and unlocks a queue on the Apify API (or any server that
+// speaks it, the emulator included).
 //
 // Usage:
 //
 //	apify-rq serve  [--addr 127.0.0.1:8080] [--token T]... [--run-token T=RUN_ID]... [--queue NAME]...
-//	apify-rq unlock --queue ID [--client-key K] [--token T] [--base-url URL] [--timeout 1m]
+//	apify-rq show   --queue ID [--json] [--token T] [--base-url URL] [--timeout 1m]
+//	apify-rq list   --queue ID [--filter locked,pending] [--limit 100] [--json] [--token T] [--base-url URL] [--timeout 1m]
+//	apify-rq unlock --queue ID [--client-key K] [--quiet|-q] [--token T] [--base-url URL] [--timeout 1m]
+//	apify-rq help [COMMAND]
 //
 // serve runs the emulator of package apifytest, so crawlers in any language
 // (the official JavaScript and Python clients included, with
@@ -12,9 +16,17 @@
 // base URL (with --addr 127.0.0.1:0, the port it was given) and the ID of each
 // --queue it created, and stops cleanly on SIGINT or SIGTERM.
 //
-// unlock calls POST /v2/request-queues/{queueId}/requests/unlock and prints the
-// number of requests it unlocked. The token and base URL come from
-// APIFY_TOKEN and APIFY_API_BASE_URL unless --token and --base-url are given.
+// show prints a queue's counts: total, handled, pending, and how many
+// requests are locked right now. list prints a queue's locked or pending
+// requests, one per line (ID, method, URL), or as JSON lines with --json.
+// unlock calls POST /v2/request-queues/{queueId}/requests/unlock and prints
+// how many requests it unlocked ("unlocked 3 requests"; with --quiet, the
+// bare number). The token and base URL come from APIFY_TOKEN and
+// APIFY_API_BASE_URL unless --token and --base-url are given; prefer the
+// variable for the token, since a flag shows in the process list.
+//
+// "apify-rq COMMAND --help" and "apify-rq help COMMAND" print a command's
+// flags to stdout.
 //
 // Exit codes: 0 success; 1 the server failed (serve); 2 usage error (a bad
 // flag or argument); 3 API error (an error response, or a response that is
@@ -22,6 +34,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -35,7 +48,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/rqkit/apify"
 	"github.com/rqkit/apify/apifytest"
 )
 
@@ -50,14 +62,21 @@ const (
 
 const usage = `Usage:
   apify-rq serve  [--addr 127.0.0.1:8080] [--token T]... [--run-token T=RUN_ID]... [--queue NAME]...
-  apify-rq unlock --queue ID [--client-key K] [--token T] [--base-url URL] [--timeout 1m]
+  apify-rq show   ` + showSynopsis + `
+  apify-rq list   ` + listSynopsis + `
+  apify-rq unlock ` + unlockSynopsis + `
+  apify-rq help [COMMAND]
 
 Commands:
   serve   run the request-queue emulator; stop it with Ctrl-C (SIGINT) or SIGTERM
+  show    print a queue's counts: total, handled, pending, locked
+  list    print a queue's locked or pending requests, one per line
   unlock  release every lock the client key (or the token's Actor run) holds on a queue,
           and print how many requests were unlocked
 
-Run "apify-rq serve --help" or "apify-rq unlock --help" for their flags.
+The token comes from APIFY_TOKEN and the API's address from APIFY_API_BASE_URL
+(default https://api.apify.com), unless --token or --base-url is given.
+Run "apify-rq help COMMAND" or "apify-rq COMMAND --help" for a command's flags.
 Exit codes: 0 ok, 1 server failure, 2 usage error, 3 API error, 4 network error or timeout.
 `
 
@@ -68,21 +87,28 @@ func main() {
 // run is the whole command, with its environment passed in so tests can run it.
 func run(args []string, stdout, stderr io.Writer, env func(string) string) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, "apify-rq: a command is required (serve or unlock)\n\n"+usage)
+		fmt.Fprint(stderr, "apify-rq: a command is required (serve, show, list or unlock)\n\n"+usage)
 		return exitUsage
+	}
+	if args[0] == "help" && len(args) > 1 && args[1] != "help" {
+		return run(append([]string{args[1], "--help"}, args[2:]...), stdout, stderr, env)
 	}
 	switch args[0] {
 	case "serve":
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		return serve(ctx, args[1:], stdout, stderr)
+	case "show":
+		return show(context.Background(), args[1:], stdout, stderr, env)
+	case "list":
+		return list(context.Background(), args[1:], stdout, stderr, env)
 	case "unlock":
 		return unlock(context.Background(), args[1:], stdout, stderr, env)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	default:
-		fmt.Fprintf(stderr, "apify-rq: unknown command %q (want serve or unlock)\n\n%s", args[0], usage)
+		fmt.Fprintf(stderr, "apify-rq: unknown command %q (want serve, show, list or unlock)\n\n%s", args[0], usage)
 		return exitUsage
 	}
 }
@@ -103,18 +129,27 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("apify-rq "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage:\n  apify-rq %s %s\n\nFlags:\n", name, synopsis)
+		fmt.Fprintf(fs.Output(), "Usage:\n  apify-rq %s %s\n\nFlags:\n", name, synopsis)
 		fs.PrintDefaults()
 	}
 	return fs
 }
 
-// parse parses flags and refuses positional arguments.
-func parse(fs *flag.FlagSet, args []string, stderr io.Writer) (code int, ok bool) {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK, false
-		}
+// parse parses flags and refuses positional arguments. Help asked for
+// (-h, --help) goes to stdout; a bad flag's message and the usage go to
+// stderr.
+func parse(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int, ok bool) {
+	var msg bytes.Buffer
+	fs.SetOutput(&msg)
+	err := fs.Parse(args)
+	fs.SetOutput(stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(stdout)
+		fs.Usage()
+		return exitOK, false
+	}
+	_, _ = msg.WriteTo(stderr)
+	if err != nil {
 		return exitUsage, false
 	}
 	if fs.NArg() > 0 {
@@ -132,7 +167,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Var(&tokens, "token", "require API `token`s: once any is given, every call needs a valid one (repeatable)")
 	fs.Var(&runTokens, "run-token", "a `T=RUN_ID` token whose calls count as inside Actor run RUN_ID (repeatable)")
 	fs.Var(&queues, "queue", "create a queue with this `name` and print its ID (repeatable)")
-	if code, ok := parse(fs, args, stderr); !ok {
+	if code, ok := parse(fs, args, stdout, stderr); !ok {
 		return code
 	}
 	opts := make([]apifytest.Option, 0, len(tokens.repeated)+len(runTokens.repeated)+len(queues))
@@ -149,6 +184,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	for _, q := range queues {
 		opts = append(opts, apifytest.WithQueue(q))
+	}
+	if _, _, err := net.SplitHostPort(*addr); err != nil {
+		fmt.Fprintf(stderr, "apify-rq serve: --addr must be host:port, such as 127.0.0.1:8080 (port 0 picks a free one); got %q\n", *addr)
+		return exitUsage
 	}
 	emu, err := newEmulator(opts)
 	if err != nil {
@@ -198,101 +237,4 @@ func newEmulator(opts []apifytest.Option) (s *apifytest.Server, err error) {
 		}
 	}()
 	return apifytest.NewUnstartedServer(opts...), nil
-}
-
-func unlock(ctx context.Context, args []string, stdout, stderr io.Writer, env func(string) string) int {
-	fs := newFlagSet("unlock", "--queue ID [--client-key K] [--token T] [--base-url URL] [--timeout 1m]", stderr)
-	queue := fs.String("queue", "", "the queue: an `ID` such as WkzbQMuFYuamGv3YF, username~queue-name, or ~queue-name (required)")
-	clientKey := fs.String("client-key", "", "release the locks taken with this client `key` (1 to 32 characters); "+
-		"without it, only an Actor run's token has locks to release")
-	var token secretFlags
-	fs.Var(&token, "token", "API `token` (default $APIFY_TOKEN)")
-	baseURL := fs.String("base-url", "", "API base `URL` (default $APIFY_API_BASE_URL, else "+apify.DefaultBaseURL+")")
-	timeout := fs.Duration("timeout", time.Minute, "give up after this long, retries included")
-	if code, ok := parse(fs, args, stderr); !ok {
-		return code
-	}
-	switch {
-	case *queue == "":
-		fmt.Fprintln(stderr, "apify-rq unlock: --queue is required (a queue ID or username~queue-name)")
-		return exitUsage
-	case *timeout <= 0:
-		fmt.Fprintf(stderr, "apify-rq unlock: --timeout must be positive, such as 30s or 2m; got %v\n", *timeout)
-		return exitUsage
-	}
-	tok := env("APIFY_TOKEN")
-	if n := len(token.repeated); n > 0 {
-		tok = token.repeated[n-1]
-	}
-	base := env("APIFY_API_BASE_URL")
-	if *baseURL != "" {
-		base = *baseURL
-	}
-	opts := []apify.Option{apify.WithTimeout(min(*timeout, apify.DefaultTimeout))}
-	if base != "" {
-		opts = append(opts, apify.WithBaseURL(base))
-	}
-	if tok != "" {
-		opts = append(opts, apify.WithToken(tok))
-	}
-	client, err := apify.NewClient(opts...)
-	if err != nil {
-		fmt.Fprintf(stderr, "apify-rq unlock: check --base-url, --token (or APIFY_API_BASE_URL, APIFY_TOKEN): %v\n", err)
-		return exitUsage
-	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
-	res, err := client.RequestQueue(*queue).UnlockRequests(ctx, *clientKey)
-	if err != nil {
-		return reportUnlockError(err, client.BaseURL(), *timeout, stderr)
-	}
-	fmt.Fprintln(stdout, res.UnlockedCount)
-	return exitOK
-}
-
-// reportUnlockError says what went wrong and what to fix, and picks the exit code.
-func reportUnlockError(err error, base string, timeout time.Duration, stderr io.Writer) int {
-	var apiErr *apify.APIError
-	var reqErr *apify.RequestError
-	switch {
-	case errors.As(err, &apiErr):
-		hint := ""
-		switch {
-		case apiErr.StatusCode == http.StatusUnauthorized:
-			hint = "check --token or APIFY_TOKEN"
-		case apiErr.StatusCode == http.StatusForbidden:
-			hint = "the token may not access this queue; check --token and --queue"
-		case apiErr.StatusCode == http.StatusNotFound:
-			hint = "check --queue (the username~queue-name form needs a token) and --base-url (" + base + ")"
-		case apiErr.StatusCode == http.StatusBadRequest:
-			hint = "check --queue and --client-key"
-		case apiErr.Temporary():
-			hint = "the API is overloaded or failing; try again later"
-		case apiErr.StatusCode < 400:
-			hint = "is " + base + " the Apify API? check --base-url"
-		}
-		fmt.Fprintf(stderr, "apify-rq unlock: %v\n", err)
-		if hint != "" {
-			fmt.Fprintf(stderr, "apify-rq unlock: %s\n", hint)
-		}
-		return exitAPI
-	case errors.Is(err, apify.ErrUnexpectedResponse):
-		fmt.Fprintf(stderr, "apify-rq unlock: %v\napify-rq unlock: is %s the Apify API? check --base-url\n", err, base)
-		return exitAPI
-	case errors.As(err, &reqErr):
-		hint := "could not reach " + base + "; check --base-url and the network"
-		if reqErr.Timeout() {
-			hint = fmt.Sprintf("no answer within --timeout %v; raise it or check --base-url (%s)", timeout, base)
-		}
-		fmt.Fprintf(stderr, "apify-rq unlock: %v\napify-rq unlock: %s\n", err, hint)
-		return exitNetwork
-	case errors.Is(err, apify.ErrInvalidClientKey):
-		fmt.Fprintf(stderr, "apify-rq unlock: --client-key: %v\n", err)
-		return exitUsage
-	case errors.Is(err, apify.ErrInvalidQueueID):
-		fmt.Fprintf(stderr, "apify-rq unlock: --queue: %v\n", err)
-		return exitUsage
-	}
-	fmt.Fprintf(stderr, "apify-rq unlock: %v\n", err)
-	return exitFailure
 }

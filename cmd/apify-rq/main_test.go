@@ -67,19 +67,22 @@ func TestUnlock(t *testing.T) {
 	securedQ2 := lockSome(t, secured, "s3cret-token", "k", 1)
 
 	cases := []struct {
-		name      string
-		args      []string
-		env       map[string]string
-		code      int
-		stdout    string
-		stderrHas []string
+		name         string
+		args         []string
+		env          map[string]string
+		code         int
+		stdout       string
+		stdoutPrefix bool
+		stderrHas    []string
 	}{
-		{name: "unlocks and prints the count", args: []string{"--base-url", open.URL, "--queue", openQ, "--client-key", "k"}, code: 0, stdout: "3\n"},
-		{name: "nothing left to unlock", args: []string{"--base-url", open.URL, "--queue", openQ, "--client-key", "k"}, code: 0, stdout: "0\n"},
+		{name: "unlocks and prints the count", args: []string{"--base-url", open.URL, "--queue", openQ, "--client-key", "k"}, code: 0, stdout: "unlocked 3 requests\n"},
+		{name: "nothing left to unlock", args: []string{"--base-url", open.URL, "--queue", openQ, "--client-key", "k"}, code: 0, stdout: "unlocked 0 requests\n"},
 		{name: "token and base URL from the environment", args: []string{"--queue", securedQ, "--client-key", "k"},
-			env: map[string]string{"APIFY_TOKEN": "s3cret-token", "APIFY_API_BASE_URL": secured.URL}, code: 0, stdout: "2\n"},
+			env: map[string]string{"APIFY_TOKEN": "s3cret-token", "APIFY_API_BASE_URL": secured.URL}, code: 0, stdout: "unlocked 2 requests\n"},
 		{name: "flags win over the environment", args: []string{"--queue", securedQ2, "--client-key", "k", "--token", "s3cret-token", "--base-url", secured.URL},
-			env: map[string]string{"APIFY_TOKEN": "wrong", "APIFY_API_BASE_URL": closedServerURL(t)}, code: 0, stdout: "1\n"},
+			env: map[string]string{"APIFY_TOKEN": "wrong", "APIFY_API_BASE_URL": closedServerURL(t)}, code: 0, stdout: "unlocked 1 request\n"},
+		{name: "--quiet prints the bare number", args: []string{"--base-url", open.URL, "--queue", lockSome(t, open, "", "k", 4), "--client-key", "k", "--quiet"}, code: 0, stdout: "4\n"},
+		{name: "-q too", args: []string{"-q", "--base-url", open.URL, "--queue", openQ, "--client-key", "k"}, code: 0, stdout: "0\n"},
 		{name: "unknown queue: API error", args: []string{"--base-url", open.URL, "--queue", "NoSuchQueue", "--client-key", "k"}, code: 3,
 			stderrHas: []string{"404 record-not-found", "check --queue"}},
 		{name: "wrong token: API error", args: []string{"--base-url", secured.URL, "--queue", securedQ, "--token", "wrong-token"}, code: 3,
@@ -99,7 +102,7 @@ func TestUnlock(t *testing.T) {
 		{name: "unknown flag", args: []string{"--queue", "q", "--force"}, code: 2, stderrHas: []string{"-force"}},
 		{name: "stray argument", args: []string{"--queue", "q", "extra"}, code: 2, stderrHas: []string{`unexpected argument "extra"`}},
 		{name: "bad timeout", args: []string{"--queue", "q", "--timeout", "-1s"}, code: 2, stderrHas: []string{"--timeout must be positive"}},
-		{name: "help", args: []string{"--help"}, code: 0, stderrHas: []string{"--client-key", "APIFY_TOKEN"}},
+		{name: "help", args: []string{"--help"}, code: 0, stdout: "Usage:\n  apify-rq unlock --queue ID", stdoutPrefix: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -109,7 +112,9 @@ func TestUnlock(t *testing.T) {
 			if code != tc.code {
 				t.Errorf("exit code %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, stdout.String(), stderr.String())
 			}
-			if tc.stdout != "" && stdout.String() != tc.stdout {
+			if tc.stdoutPrefix && !strings.HasPrefix(stdout.String(), tc.stdout) {
+				t.Errorf("stdout %q, want it to start with %q", stdout.String(), tc.stdout)
+			} else if !tc.stdoutPrefix && tc.stdout != "" && stdout.String() != tc.stdout {
 				t.Errorf("stdout %q, want %q", stdout.String(), tc.stdout)
 			}
 			for _, want := range tc.stderrHas {
@@ -139,6 +144,7 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"serve", "--run-token", "tok="}, 2, "--run-token must be TOKEN=RUN_ID"},
 		{[]string{"serve", "--queue", "no spaces"}, 2, "WithQueue"},
 		{[]string{"serve", "--addr", "127.0.0.1:99999"}, 1, "cannot listen on 127.0.0.1:99999"},
+		{[]string{"serve", "--addr", "nope"}, 2, `--addr must be host:port, such as 127.0.0.1:8080 (port 0 picks a free one); got "nope"`},
 		{[]string{"serve", "stray"}, 2, `unexpected argument "stray"`},
 	}
 	for _, tc := range cases {
@@ -258,7 +264,7 @@ func TestServeSubprocess(t *testing.T) {
 		t.Errorf("GET without a token: %d %s", code, body)
 	}
 	// The same binary's unlock talks to it.
-	out, err := exec.Command(bin, "unlock", "--base-url", base, "--queue", "~alpha", "--token", "tok-2").Output()
+	out, err := exec.Command(bin, "unlock", "-q", "--base-url", base, "--queue", "~alpha", "--token", "tok-2").Output()
 	if err != nil || string(out) != "0\n" {
 		t.Errorf("apify-rq unlock: %q, %v", out, err)
 	}

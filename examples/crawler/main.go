@@ -145,14 +145,15 @@ func crawl(ctx context.Context, q *apify.RequestQueueClient, cfg config, out io.
 // process does the work for one request and marks it handled. Marking it
 // handled releases its lock.
 func process(ctx context.Context, q *apify.RequestQueueClient, cfg config, it apify.LockedRequest) error {
-	req, err := q.GetRequest(ctx, it.ID) // the whole request: MarkHandled writes it back
+	req, err := q.GetRequest(ctx, it.ID) // the whole request: UpdateRequest writes it back
 	if err != nil {
 		return err
 	}
 	if !sleep(ctx, cfg.work) { // the work; a real crawler fetches req.URL here
 		return ctx.Err()
 	}
-	_, err = q.MarkHandled(ctx, *req, apify.RequestOptions{ClientKey: cfg.clientKey})
+	req.HandledAt = time.Now().UTC() // handled: this also releases the lock
+	_, err = q.UpdateRequest(ctx, *req, apify.RequestOptions{ClientKey: cfg.clientKey})
 	return err
 }
 

@@ -1,9 +1,11 @@
 // Command unlock releases every lock a crawler holds on an Apify request
 // queue, with one call to UnlockRequests.
 //
-// With APIFY_TOKEN and APIFY_QUEUE_ID set, it unlocks that queue on the real
-// API (or on APIFY_API_BASE_URL), as the clientKey APIFY_CLIENT_KEY (default:
-// apify.DefaultClientKey, the Actor run ID inside a run).
+// With APIFY_TOKEN set, it unlocks a queue on the real API (or on
+// APIFY_API_BASE_URL): APIFY_QUEUE_ID, or inside an Actor run the run's
+// default queue (apify.DefaultRequestQueueID), as the clientKey
+// APIFY_CLIENT_KEY (default: apify.DefaultClientKey, the Actor run ID inside
+// a run).
 //
 // Without APIFY_TOKEN it runs offline: it starts the apifytest emulator
 // in-process, creates a queue, adds 25 requests, locks 10 of them under a
@@ -56,7 +58,10 @@ func run(stdout, stderr io.Writer) int {
 func online(ctx context.Context, out io.Writer) error {
 	queueID := os.Getenv("APIFY_QUEUE_ID")
 	if queueID == "" {
-		return errors.New("APIFY_QUEUE_ID is not set: export the ID (or username~name) of the queue to unlock")
+		queueID = apify.DefaultRequestQueueID() // set inside an Actor run
+	}
+	if queueID == "" {
+		return errors.New("APIFY_QUEUE_ID is not set (and this is not an Actor run, which has a default queue): export the ID (or username~name) of the queue to unlock")
 	}
 	clientKey := os.Getenv("APIFY_CLIENT_KEY")
 	if clientKey == "" {

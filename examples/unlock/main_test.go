@@ -42,8 +42,21 @@ func TestOnline(t *testing.T) {
 	assert.Equal(t, "unlocked 2 requests in queue "+queueID+" held by client crawler-7\n", out.String())
 	assert.Empty(t, srv.LockedBy(queueID, "crawler-7"))
 
+	t.Run("inside an Actor run, the run's default queue", func(t *testing.T) {
+		_, err := srv.Client().RequestQueue(queueID).ListAndLockHead(context.Background(),
+			apify.LockHeadOptions{Limit: 2, LockDuration: time.Hour, ClientKey: "crawler-7"})
+		require.NoError(t, err)
+		t.Setenv("APIFY_QUEUE_ID", "")
+		t.Setenv("ACTOR_DEFAULT_REQUEST_QUEUE_ID", queueID)
+		var out, errOut bytes.Buffer
+		require.Equal(t, 0, run(&out, &errOut), errOut.String())
+		assert.Equal(t, "unlocked 2 requests in queue "+queueID+" held by client crawler-7\n", out.String())
+	})
+
 	t.Run("a missing queue ID says what to set", func(t *testing.T) {
 		t.Setenv("APIFY_QUEUE_ID", "")
+		t.Setenv("ACTOR_DEFAULT_REQUEST_QUEUE_ID", "")
+		t.Setenv("APIFY_DEFAULT_REQUEST_QUEUE_ID", "")
 		var out, errOut bytes.Buffer
 		assert.Equal(t, 1, run(&out, &errOut))
 		assert.Contains(t, errOut.String(), "APIFY_QUEUE_ID is not set")
