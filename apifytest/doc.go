@@ -63,6 +63,36 @@
 // [Server.Calls] counts the calls an operation received. [WithClock] with a
 // [ManualClock] moves time only when the test says so.
 //
+// # Rate limits
+//
+// Apify limits the calls on each request queue per second, by class of
+// operation. [WithRateLimits] (apify-rq serve --rate-limits) turns on a
+// model of these limits, off by default; [DefaultRateLimits] holds the
+// documented ones:
+//
+//	request CRUD  400/s  add, get, update (mark handled), delete one request;
+//	                     prolong (PUT .../lock) and delete (DELETE .../lock) its lock
+//	batch          40/s  POST head/lock, batch add, batch delete
+//	other          60/s  everything else: unlock, GET head, list, get, update
+//	                     and delete a queue, get-or-create
+//
+// Each queue has one budget per class: a token bucket that holds up to one
+// second's worth of calls (the limit) and refills continuously at the limit
+// per second (a GCRA), read from the server's [Clock]. So a queue that was
+// quiet takes limit calls in one instant, then one every 1/limit seconds;
+// with a [ManualClock] nothing refills until the clock moves, and inside a
+// testing/synctest bubble refilling follows fake time. A call over its
+// budget gets 429 rate-limit-exceeded with "Retry-After: 1" (the wait
+// rounded up to whole seconds; the real wait is at most 1/limit), before
+// it reads its body or touches any state. The budget is taken after
+// authentication: a 401 costs nothing, and a call naming a queue that does
+// not exist is never limited (it gets 404). "~name" and the queue's ID
+// share a budget; get-or-create counts against the caller's user.
+// [Server.RateLimited] counts the 429s per operation ([Server.Calls]
+// counts them too). Every response carries X-RateLimit-Limit, the limit of
+// its operation's class (60 outside any operation), with the model on or
+// off.
+//
 // # Reading the state
 //
 // [Server.Requests], [Server.Pending], [Server.Locked], [Server.LockedBy],
@@ -159,6 +189,6 @@
 //     is honoured.
 //   - Time is UTC with millisecond precision; a lock has expired from its
 //     lockExpiresAt on. Injected faults answer before authentication and
-//     before any state changes. Rate limits are not emulated (inject 429s
-//     with FailNext).
+//     before any state changes. Rate limits are modelled only with
+//     [WithRateLimits] (see Rate limits); FailNext injects any other 429.
 package apifytest

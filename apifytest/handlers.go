@@ -71,18 +71,28 @@ func (s *Server) routes() http.Handler {
 	} {
 		mux.HandleFunc(rt.pattern, s.operation(rt.op, rt.f))
 	}
-	return router{mux}
+	return router{mux, strconv.Itoa(s.limiter.limits.Other)}
 }
 
-// operation wraps an opFunc: it counts the call, serves an injected fault
-// if one is due, authenticates the caller, and writes any error.
+// operation wraps an opFunc: it reads the clock (the call's only reading),
+// sets X-RateLimit-Limit, counts the call, serves an injected fault if one
+// is due, authenticates the caller, applies the rate-limit model, and
+// writes any error.
 func (s *Server) operation(op Operation, f opFunc) http.HandlerFunc {
+	class := classOf(op)
+	limit := strconv.Itoa(s.limiter.limits.of(class))
 	return func(w http.ResponseWriter, r *http.Request) {
+		now := s.store.now()
+		w.Header().Set("X-RateLimit-Limit", limit)
 		if fault, ok := s.faults.next(op); ok {
 			serveFault(w, op, fault)
 			return
 		}
 		c, err := s.authenticate(r)
+		if err == nil {
+			c.now = now
+			err = s.rateLimit(w, r, op, class, c)
+		}
 		if err == nil {
 			err = f(w, r, c)
 		}
@@ -92,13 +102,42 @@ func (s *Server) operation(op Operation, f opFunc) http.HandlerFunc {
 	}
 }
 
+// rateLimit applies the rate-limit model, when it is on, to a call of op
+// by c: calls on one queue share a budget per class; get-or-create, which
+// names no queue, counts against the caller's user. Calls on a queue that
+// does not exist are not limited (they get 404).
+func (s *Server) rateLimit(w http.ResponseWriter, r *http.Request, op Operation, class rateClass, c caller) error {
+	if !s.limiter.on {
+		return nil
+	}
+	key := "user " + c.user
+	if op != OpGetOrCreateQueue {
+		if key = s.store.queueID(c, r.PathValue("queueId")); key == "" {
+			return nil
+		}
+	}
+	ok, wait := s.limiter.allow(key, class, c.now)
+	if ok {
+		return nil
+	}
+	s.faults.mu.Lock()
+	s.faults.limited[op]++
+	s.faults.mu.Unlock()
+	w.Header().Set("Retry-After", retryAfter(wait))
+	return errRateLimited(class, s.limiter.limits.of(class))
+}
+
 // router applies the API's method override (?method=POST), serves routed
 // calls with the mux, and answers the rest: OPTIONS with the allowed
 // methods, a known path with a wrong method with 405 method-not-allowed, and
 // anything else with 404 page-not-found.
-type router struct{ mux *http.ServeMux }
+type router struct {
+	mux        *http.ServeMux
+	otherLimit string // X-RateLimit-Limit of calls outside any operation
+}
 
 func (rt router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-RateLimit-Limit", rt.otherLimit)
 	if m := r.URL.Query().Get("method"); m != "" {
 		r = r.Clone(r.Context())
 		r.Method = strings.ToUpper(m)
@@ -608,7 +647,7 @@ type deletedJSON struct {
 // The operations.
 
 func (s *Server) serveCreateQueue(w http.ResponseWriter, r *http.Request, c caller) error {
-	info, created, err := s.store.createQueue(c.user, r.URL.Query().Get("name"))
+	info, created, err := s.store.createQueue(c, r.URL.Query().Get("name"))
 	if err != nil {
 		return err
 	}
@@ -671,9 +710,11 @@ func (s *Server) serveUpdateQueue(w http.ResponseWriter, r *http.Request, c call
 }
 
 func (s *Server) serveDeleteQueue(w http.ResponseWriter, r *http.Request, c caller) error {
-	if err := s.store.deleteQueue(c, r.PathValue("queueId")); err != nil {
+	id, err := s.store.deleteQueue(c, r.PathValue("queueId"))
+	if err != nil {
 		return err
 	}
+	s.limiter.forget(id)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

@@ -29,6 +29,7 @@ type Server struct {
 	faults  faults
 	tokens  map[string]tokenInfo
 	plain   string // the first WithToken token, for Client
+	limiter rateLimiter
 	handler http.Handler
 
 	mu      sync.Mutex
@@ -49,6 +50,8 @@ type config struct {
 	clock  Clock
 	queues []string
 	errs   []string
+	// rateLimits is set by WithRateLimits.
+	rateLimits *RateLimits
 }
 
 // Option configures a [Server].
@@ -171,10 +174,14 @@ func NewUnstartedServer(opts ...Option) *Server {
 		panic("apifytest: " + strings.Join(cfg.errs, "; "))
 	}
 	s := &Server{
-		store:  newStore(cfg.clock),
-		faults: faults{calls: map[Operation]int{}, pending: map[Operation][]pendingFault{}},
-		tokens: cfg.tokens,
-		plain:  cfg.plain,
+		store:   newStore(cfg.clock),
+		faults:  faults{calls: map[Operation]int{}, limited: map[Operation]int{}, pending: map[Operation][]pendingFault{}},
+		tokens:  cfg.tokens,
+		plain:   cfg.plain,
+		limiter: rateLimiter{limits: DefaultRateLimits, tat: map[rateKey]time.Time{}},
+	}
+	if cfg.rateLimits != nil {
+		s.limiter.limits, s.limiter.on = *cfg.rateLimits, true
 	}
 	s.handler = s.routes()
 	for _, name := range cfg.queues {
@@ -334,7 +341,7 @@ func (v requestView) state() RequestState {
 // creating the queue if needed; an empty name creates a new unnamed queue.
 // It panics on an invalid name.
 func (s *Server) CreateQueue(name string) string {
-	info, _, err := s.store.createQueue(DefaultUser, name)
+	info, _, err := s.store.createQueue(caller{user: DefaultUser, now: s.store.now()}, name)
 	if err != nil {
 		panic("apifytest: CreateQueue: " + err.Error())
 	}
@@ -360,7 +367,7 @@ func (s *Server) AddRequests(queueID string, reqs ...Request) []string {
 		items[i] = d
 	}
 	var out []addResult
-	if !s.store.snapshot(queueID, func(q *queue) { out = s.store.add(q, items, false, s.store.now()) }) {
+	if !s.store.snapshot(queueID, func(q *queue, now time.Time) { out = s.store.add(q, items, false, now) }) {
 		panic(fmt.Sprintf("apifytest: AddRequests: there is no queue with ID %q", queueID))
 	}
 	ids := make([]string, len(out))
@@ -386,7 +393,7 @@ func (s *Server) Requests(queueID string) []RequestState {
 func (s *Server) Request(queueID, requestID string) (RequestState, bool) {
 	var st RequestState
 	found := false
-	s.store.snapshot(queueID, func(q *queue) {
+	s.store.snapshot(queueID, func(q *queue, _ time.Time) {
 		if r := q.reqs[requestID]; r != nil {
 			st, found = r.view().state(), true
 		}
@@ -448,7 +455,7 @@ func (s *Server) lockedWhere(queueID string, keep func(*lock) bool) []RequestSta
 
 func (s *Server) collect(queueID string, f func(q *queue, out *[]RequestState)) []RequestState {
 	var out []RequestState
-	if !s.store.snapshot(queueID, func(q *queue) {
+	if !s.store.snapshot(queueID, func(q *queue, _ time.Time) {
 		out = []RequestState{}
 		f(q, &out)
 	}) {

@@ -79,11 +79,14 @@ func randomID() string {
 }
 
 // caller is who makes a call: the user its token belongs to, the clientKey
-// it sent ("" for none) and the Actor run its token belongs to ("" outside a run).
+// it sent ("" for none) and the Actor run its token belongs to ("" outside a
+// run); and when: the time the call read from the clock, once, when it
+// arrived, so that every step of one call sees the same instant.
 type caller struct {
 	user      string
 	clientKey string
 	runID     string
+	now       time.Time
 }
 
 // holds reports whether the caller holds lock l: the same clientKey, or a
@@ -240,20 +243,20 @@ func validateQueueName(name string) *apiError {
 
 // createQueue returns the user's queue with that name, creating it (and
 // reporting so) when it does not exist. An empty name makes a new unnamed queue.
-func (s *store) createQueue(username, name string) (queueInfo, bool, error) {
+func (s *store) createQueue(c caller, name string) (queueInfo, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	u := s.userNamed(username)
+	u := s.userNamed(c.user)
 	if name != "" {
 		if err := validateQueueName(name); err != nil {
 			return queueInfo{}, false, err
 		}
 		if q := u.queues[name]; q != nil {
-			q.accessedAt = s.now()
+			q.accessedAt = c.now
 			return q.info(), false, nil
 		}
 	}
-	now := s.now()
+	now := c.now
 	q := &queue{
 		id: randomID(), name: name, owner: u, generalAccess: "FOLLOW_USER_SETTING",
 		createdAt: now, modifiedAt: now, accessedAt: now,
@@ -295,8 +298,30 @@ func (s *store) resolve(c caller, ref string) (*queue, error) {
 	if q == nil {
 		return nil, errRecordNotFound("Request queue %q was not found", ref)
 	}
-	s.expire(q, s.now())
+	s.expire(q, c.now)
 	return q, nil
+}
+
+// queueID returns the ID of the queue ref names for c, or "" when there is
+// none; it checks no permission and drains no lock.
+func (s *store) queueID(c caller, ref string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var q *queue
+	if owner, name, named := strings.Cut(ref, "~"); named {
+		if owner == "" {
+			owner = c.user
+		}
+		if u := s.users[owner]; u != nil {
+			q = u.queues[name]
+		}
+	} else {
+		q = s.queues[ref]
+	}
+	if q == nil {
+		return ""
+	}
+	return q.id
 }
 
 // touch records an access by a client for hadMultipleClients: a call without
@@ -341,7 +366,7 @@ func (s *store) getQueue(c caller, ref string) (queueInfo, error) {
 	if err != nil {
 		return queueInfo{}, err
 	}
-	q.accessedAt = s.now()
+	q.accessedAt = c.now
 	return q.info(), nil
 }
 
@@ -373,23 +398,24 @@ func (s *store) updateQueue(c caller, ref string, name *string, access string) (
 	if access != "" {
 		q.generalAccess = access
 	}
-	now := s.now()
+	now := c.now
 	q.modifiedAt, q.accessedAt = now, now
 	return q.info(), nil
 }
 
-func (s *store) deleteQueue(c caller, ref string) error {
+// deleteQueue deletes the queue and returns its ID.
+func (s *store) deleteQueue(c caller, ref string) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	q, err := s.resolve(c, ref)
 	if err != nil {
-		return err
+		return "", err
 	}
 	delete(s.queues, q.id)
 	if q.name != "" {
 		delete(q.owner.queues, q.name)
 	}
-	return nil
+	return q.id, nil
 }
 
 // expire ends every lock that has expired by now, returning each request to
@@ -512,7 +538,7 @@ func (s *store) addRequests(c caller, ref string, items []requestData, forefront
 	if err != nil {
 		return nil, err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	return s.add(q, items, forefront, now), nil
 }
@@ -581,7 +607,7 @@ func (s *store) getRequest(c caller, ref, id string) (requestView, error) {
 	if err != nil {
 		return requestView{}, err
 	}
-	q.accessedAt = s.now()
+	q.accessedAt = c.now
 	r := q.reqs[id]
 	if r == nil {
 		return requestView{}, errRecordNotFound("Request %q was not found in request queue %q", id, ref)
@@ -616,7 +642,7 @@ func (s *store) updateRequest(c caller, ref, id string, d requestData, forefront
 	if err != nil {
 		return addResult{}, err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	r := q.reqs[id]
 	if r == nil {
@@ -682,7 +708,7 @@ func (s *store) deleteRequest(c caller, ref, id string) error {
 	if err != nil {
 		return err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	r := q.reqs[id]
 	if r == nil {
@@ -708,7 +734,7 @@ func (s *store) batchDelete(c caller, ref string, items []deleteItem) (done []de
 	if err != nil {
 		return nil, nil, err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	done, skipped = []deleteItem{}, []requestView{}
 	for _, it := range items {
@@ -744,7 +770,7 @@ func (s *store) listRequests(c caller, ref string, limit, start int, exclusiveSt
 	if err != nil {
 		return nil, 0, err
 	}
-	q.touch(c.clientKey, s.now())
+	q.touch(c.clientKey, c.now)
 	if exclusiveStartID != "" {
 		r := q.reqs[exclusiveStartID]
 		if r == nil {
@@ -792,7 +818,7 @@ func (s *store) head(c caller, ref string, limit int) (headResult, error) {
 	if err != nil {
 		return headResult{}, err
 	}
-	q.touch(c.clientKey, s.now())
+	q.touch(c.clientKey, c.now)
 	res := headResult{QueueModifiedAt: q.modifiedAt, HadMultipleClients: q.multiple, QueueHasLocked: len(q.locks) > 0, Items: []requestView{}}
 	for e := q.pending.Front(); e != nil && len(res.Items) < limit; e = e.Next() {
 		res.Items = append(res.Items, e.Value.(*request).view())
@@ -810,7 +836,7 @@ func (s *store) listAndLockHead(c caller, ref string, limit int, lockFor time.Du
 	if err != nil {
 		return headResult{}, err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	res := headResult{Items: make([]requestView, 0, min(limit, q.pending.Len()))}
 	for len(res.Items) < limit && q.pending.Len() > 0 {
@@ -854,7 +880,7 @@ func (s *store) prolong(c caller, ref, id string, lockFor time.Duration, forefro
 	if err != nil {
 		return time.Time{}, err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	r, err := s.heldLock(q, c, ref, id, "prolong")
 	if err != nil {
@@ -874,7 +900,7 @@ func (s *store) deleteLock(c caller, ref, id string, forefront bool) error {
 	if err != nil {
 		return err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	r, err := s.heldLock(q, c, ref, id, "delete")
 	if err != nil {
@@ -901,7 +927,7 @@ func (s *store) unlock(c caller, ref string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	var mine []*lock
 	if c.clientKey != "" {
@@ -930,15 +956,17 @@ func (s *store) unlock(c caller, ref string) (int, error) {
 func formatTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
 
 // snapshot runs f on the queue with the given ID (expired locks drained
-// first), or returns false when there is none.
-func (s *store) snapshot(queueID string, f func(q *queue)) bool {
+// first), or returns false when there is none. f gets the time the clock
+// was read at, once.
+func (s *store) snapshot(queueID string, f func(q *queue, now time.Time)) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	q := s.queues[queueID]
 	if q == nil {
 		return false
 	}
-	s.expire(q, s.now())
-	f(q)
+	now := s.now()
+	s.expire(q, now)
+	f(q, now)
 	return true
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,10 +21,18 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Var(&tokens, "token", "require API `token`s: once any is given, every call needs a valid one (repeatable)")
 	fs.Var(&runTokens, "run-token", "a `T=RUN_ID` token whose calls count as inside Actor run RUN_ID (repeatable)")
 	fs.Var(&queues, "queue", "create a queue with this `name` and print its ID (repeatable)")
+	rateLimits := fs.String("rate-limits", "off", "model Apify's per-queue rate limits: `off`, on (400 request CRUD, 40 batch and head/lock, 60 other calls per second), "+
+		"or some of crud=N,batch=N,other=N (the rest as on); a call over its limit gets 429 rate-limit-exceeded")
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
 	}
-	opts := make([]apifytest.Option, 0, len(tokens.repeated)+len(runTokens.repeated)+len(queues))
+	opts := make([]apifytest.Option, 0, len(tokens.repeated)+len(runTokens.repeated)+len(queues)+1)
+	if limits, on, err := parseRateLimits(*rateLimits); err != nil {
+		fmt.Fprintf(stderr, "apify-rq serve: --rate-limits: %v\n", err)
+		return exitUsage
+	} else if on {
+		opts = append(opts, apifytest.WithRateLimits(limits))
+	}
 	for _, t := range tokens.repeated {
 		opts = append(opts, apifytest.WithToken(t))
 	}
@@ -86,4 +95,34 @@ func newEmulator(opts []apifytest.Option) (s *apifytest.Server, err error) {
 		}
 	}()
 	return apifytest.NewUnstartedServer(opts...), nil
+}
+
+// parseRateLimits parses --rate-limits: off, on, or crud=N,batch=N,other=N
+// (any of them; the others take Apify's documented limits).
+func parseRateLimits(v string) (apifytest.RateLimits, bool, error) {
+	var l apifytest.RateLimits
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "", "off", "false":
+		return l, false, nil
+	case "on", "true", "default":
+		return apifytest.DefaultRateLimits, true, nil
+	}
+	for _, part := range strings.Split(v, ",") {
+		name, val, ok := strings.Cut(strings.TrimSpace(part), "=")
+		n, err := strconv.Atoi(val)
+		if !ok || err != nil || n < 1 || n > 1_000_000 {
+			return l, false, fmt.Errorf("%q is not NAME=N with N a whole number from 1 to 1000000 (want off, on, or some of crud=400,batch=40,other=60)", part)
+		}
+		switch strings.ToLower(name) {
+		case "crud":
+			l.RequestCRUD = n
+		case "batch":
+			l.Batch = n
+		case "other":
+			l.Other = n
+		default:
+			return l, false, fmt.Errorf("unknown class %q (want crud, batch or other)", name)
+		}
+	}
+	return l, true, nil
 }
