@@ -158,9 +158,16 @@
 //     Unicode code points), invalid UTF-8, or control characters give 400
 //     invalid-client-key.
 //   - Bodies. A JSON body needs Content-Type application/json (else 400
-//     invalid-content-type-header), may be gzip or deflate encoded (other
-//     encodings give 415 unsupported-content-encoding), and may have at most
-//     9437184 bytes (else 413 request-too-large). Malformed JSON, a wrong
+//     invalid-content-type-header). Its Content-Encoding may be br, gzip
+//     (or x-gzip), deflate (zlib-wrapped, as HTTP defines it) or identity,
+//     or a comma-separated list of them (in one header or several) in the
+//     order they were applied, undone last first; at most 3 codings other
+//     than identity. Any other coding, such as zstd, or a longer list,
+//     gives 415 unsupported-content-encoding naming it; a body its coding
+//     cannot decode gives 400 invalid-input. A body may have at most
+//     9437184 bytes as sent and again once decoded (else 413
+//     request-too-large, saying which): decoding streams and stops just past
+//     the limit, so a compression bomb costs little time and memory. Malformed JSON, a wrong
 //     JSON type or a missing uniqueKey or url gives 400 invalid-input naming
 //     the field (and, in a batch, the index). uniqueKey is required, as the
 //     spec's RequestWithoutId says; an added request must not carry an id.

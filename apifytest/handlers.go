@@ -17,6 +17,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/andybalholm/brotli"
 )
 
 // Limits of the API the emulator enforces (see the package documentation).
@@ -280,7 +282,8 @@ func boolParam(r *http.Request, name string) (bool, error) {
 }
 
 // readJSONBody reads a request body that must be JSON: Content-Type
-// application/json, at most 9 MiB, gzip or deflate encoded or not.
+// application/json, at most maxBodyBytes both on the wire and decoded, in
+// the content codings of decodeBody.
 func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	ct := r.Header.Get("Content-Type")
 	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
@@ -290,33 +293,22 @@ func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 		return nil, newAPIError(http.StatusBadRequest, "invalid-content-type-header",
 			"The request has a JSON body, so its Content-Type header must be \"application/json\"; got %s", strconv.Quote(ct))
 	}
-	var body io.Reader = http.MaxBytesReader(w, r.Body, maxBodyBytes)
-	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
-	case "", "identity":
-	case "gzip", "x-gzip":
-		zr, err := gzip.NewReader(body)
-		if err != nil {
-			return nil, errInvalidInput("The gzip-encoded request body is corrupt: %v", err)
-		}
-		body = zr
-	case "deflate":
-		zr, err := zlib.NewReader(body)
-		if err != nil {
-			return nil, errInvalidInput("The deflate-encoded request body is corrupt: %v", err)
-		}
-		body = zr
-	default:
-		return nil, newAPIError(http.StatusUnsupportedMediaType, "unsupported-content-encoding",
-			"Content-Encoding %q is not supported.", enc)
+	body, err := decodeBody(http.MaxBytesReader(w, r.Body, maxBodyBytes), r.Header.Values("Content-Encoding"))
+	if err != nil {
+		return nil, err
 	}
 	data, err := io.ReadAll(io.LimitReader(body, maxBodyBytes+1))
 	var tooBig *http.MaxBytesError
 	switch {
-	case errors.As(err, &tooBig) || len(data) > maxBodyBytes:
+	case errors.As(err, &tooBig):
 		return nil, newAPIError(http.StatusRequestEntityTooLarge, "request-too-large",
-			"The request body is too large (limit: %d bytes).", maxBodyBytes)
+			"The request body is too large (limit: %d bytes, as sent).", maxBodyBytes)
+	case len(data) > maxBodyBytes:
+		return nil, newAPIError(http.StatusRequestEntityTooLarge, "request-too-large",
+			"The request body is too large (limit: %d bytes, once decoded).", maxBodyBytes)
 	case err != nil:
-		return nil, errInvalidInput("The request body could not be read: %v", err)
+		return nil, errInvalidInput("The request body could not be read or decoded (Content-Encoding %q): %v",
+			strings.Join(r.Header.Values("Content-Encoding"), ", "), err)
 	case len(bytes.TrimSpace(data)) == 0:
 		return nil, errInvalidInput("The request body is empty; it must be JSON")
 	}
@@ -325,6 +317,55 @@ func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 		return nil, errInvalidInput("The request body is not valid JSON: %s", jsonErrorText(err))
 	}
 	return data, nil
+}
+
+// maxCodings is how many content codings other than identity one body may
+// have.
+const maxCodings = 3
+
+// decodeBody undoes the content codings of a body, as listed by its
+// Content-Encoding headers: br, gzip (or x-gzip), deflate (zlib, as HTTP
+// defines it) and identity, comma-separated and in the order they were
+// applied, so the last is undone first. Decoding streams: it reads as the
+// caller reads, so the caller's limit bounds the work and the memory.
+func decodeBody(body io.Reader, headers []string) (io.Reader, error) {
+	var codings []string
+	for _, h := range headers {
+		for _, c := range strings.Split(h, ",") {
+			switch c = strings.ToLower(strings.TrimSpace(c)); c {
+			case "", "identity":
+			case "br", "gzip", "x-gzip", "deflate":
+				codings = append(codings, c)
+			default:
+				return nil, newAPIError(http.StatusUnsupportedMediaType, "unsupported-content-encoding",
+					"Content-Encoding %q is not supported; use br, gzip, deflate or identity.", c)
+			}
+		}
+	}
+	if len(codings) > maxCodings {
+		return nil, newAPIError(http.StatusUnsupportedMediaType, "unsupported-content-encoding",
+			"Content-Encoding lists %d codings; at most %d are supported on one body.", len(codings), maxCodings)
+	}
+	for i := len(codings) - 1; i >= 0; i-- {
+		var err error
+		switch codings[i] {
+		case "br":
+			body = brotli.NewReader(body)
+		case "gzip", "x-gzip":
+			body, err = gzip.NewReader(body)
+		case "deflate":
+			body, err = zlib.NewReader(body)
+		}
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, newAPIError(http.StatusRequestEntityTooLarge, "request-too-large",
+				"The request body is too large (limit: %d bytes, as sent).", maxBodyBytes)
+		}
+		if err != nil {
+			return nil, errInvalidInput("The %s-encoded request body is corrupt: %v", codings[i], err)
+		}
+	}
+	return body, nil
 }
 
 func jsonErrorText(err error) string {
