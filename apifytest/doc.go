@@ -185,8 +185,14 @@
 //     queueHasLockedRequests is computed after head/lock took its locks.
 //   - Users. "~name" is the caller's queue, "username~name" the named user's
 //     (404 record-not-found when there is no such user or queue; 403
-//     insufficient-permissions for another user's queue, whose ID still
-//     works). Queue IDs are 17 random letters and digits. Queue names are
+//     insufficient-permissions for another user's queue unless its
+//     generalAccess is ANYONE_WITH_NAME_CAN_READ). Another user may read a
+//     queue by its ID (get it, list, GET head, get a request) unless its
+//     generalAccess is RESTRICTED, but only the owner may change it: every
+//     other operation (head/lock, unlock, add, update, delete, locks,
+//     rename, delete the queue) by another user gives 403
+//     insufficient-permissions, the spec's Forbidden response, and changes
+//     nothing. Queue IDs are 17 random letters and digits. Queue names are
 //     letters, digits and inner hyphens, at most 63 characters; renaming to
 //     a name in use gives 400 name-not-unique. Creating a queue returns 201
 //     with a Location header, and 200 when the named queue existed.

@@ -274,12 +274,25 @@ func (s *store) createQueue(c caller, name string) (queueInfo, bool, error) {
 	return q.info(), true, nil
 }
 
-// resolve finds the queue a path names: an ID, "username~name", or "~name"
-// for the caller's own queue. It drains expired locks, so every operation
+// resolve finds the queue a path names, for reading: an ID, "username~name",
+// or "~name" for the caller's own queue. Another user's queue may be read
+// by ID unless its generalAccess is RESTRICTED, and by name only when it is
+// ANYONE_WITH_NAME_CAN_READ. It drains expired locks, so every operation
 // sees the queue as of now. s.mu must be held.
 func (s *store) resolve(c caller, ref string) (*queue, error) {
+	return s.resolveFor(c, ref, false)
+}
+
+// resolveWrite is resolve for an operation that changes the queue: only
+// its owner may.
+func (s *store) resolveWrite(c caller, ref string) (*queue, error) {
+	return s.resolveFor(c, ref, true)
+}
+
+func (s *store) resolveFor(c caller, ref string, write bool) (*queue, error) {
 	var q *queue
-	if owner, name, named := strings.Cut(ref, "~"); named {
+	owner, name, named := strings.Cut(ref, "~")
+	if named {
 		if owner == "" {
 			owner = c.user
 		}
@@ -287,19 +300,30 @@ func (s *store) resolve(c caller, ref string) (*queue, error) {
 		if u == nil {
 			return nil, errRecordNotFound("Request queue %q was not found: there is no user %q", ref, owner)
 		}
-		if owner != c.user {
-			return nil, newAPIError(http.StatusForbidden, "insufficient-permissions",
-				"You (user %q) may not access request queue %q of user %q by name; use its ID", c.user, ref, owner)
-		}
 		q = u.queues[name]
+		if owner != c.user && (q == nil || write || q.generalAccess != "ANYONE_WITH_NAME_CAN_READ") {
+			return nil, errInsufficientPermissions("You (user %q) may not access request queue %q of user %q by name; use its ID", c.user, ref, owner)
+		}
 	} else {
 		q = s.queues[ref]
 	}
 	if q == nil {
 		return nil, errRecordNotFound("Request queue %q was not found", ref)
 	}
+	if q.owner.name != c.user {
+		switch {
+		case write:
+			return nil, errInsufficientPermissions("Only its owner may change request queue %q of user %q; you are user %q", ref, q.owner.name, c.user)
+		case q.generalAccess == "RESTRICTED":
+			return nil, errInsufficientPermissions("You (user %q) may not access request queue %q of user %q: its generalAccess is RESTRICTED", c.user, ref, q.owner.name)
+		}
+	}
 	s.expire(q, c.now)
 	return q, nil
+}
+
+func errInsufficientPermissions(format string, args ...any) *apiError {
+	return newAPIError(http.StatusForbidden, "insufficient-permissions", format, args...)
 }
 
 // queueID returns the ID of the queue ref names for c, or "" when there is
@@ -375,7 +399,7 @@ func (s *store) getQueue(c caller, ref string) (queueInfo, error) {
 func (s *store) updateQueue(c caller, ref string, name *string, access string) (queueInfo, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return queueInfo{}, err
 	}
@@ -407,7 +431,7 @@ func (s *store) updateQueue(c caller, ref string, name *string, access string) (
 func (s *store) deleteQueue(c caller, ref string) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return "", err
 	}
@@ -534,7 +558,7 @@ type addResult struct {
 func (s *store) addRequests(c caller, ref string, items []requestData, forefront bool) ([]addResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return nil, err
 	}
@@ -638,7 +662,7 @@ func lockedByOther(c caller, r *request, action string) error {
 func (s *store) updateRequest(c caller, ref, id string, d requestData, forefront bool) (addResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return addResult{}, err
 	}
@@ -704,7 +728,7 @@ func (q *queue) remove(r *request) {
 func (s *store) deleteRequest(c caller, ref, id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return err
 	}
@@ -730,7 +754,7 @@ type deleteItem struct{ ID, UniqueKey string }
 func (s *store) batchDelete(c caller, ref string, items []deleteItem) (done []deleteItem, skipped []requestView, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -832,7 +856,7 @@ func (s *store) head(c caller, ref string, limit int) (headResult, error) {
 func (s *store) listAndLockHead(c caller, ref string, limit int, lockFor time.Duration) (headResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return headResult{}, err
 	}
@@ -876,7 +900,7 @@ func (s *store) heldLock(q *queue, c caller, ref, id, action string) (*request, 
 func (s *store) prolong(c caller, ref, id string, lockFor time.Duration, forefront bool) (time.Time, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -896,7 +920,7 @@ func (s *store) prolong(c caller, ref, id string, lockFor time.Duration, forefro
 func (s *store) deleteLock(c caller, ref, id string, forefront bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return err
 	}
@@ -923,7 +947,7 @@ func (s *store) deleteLock(c caller, ref, id string, forefront bool) error {
 func (s *store) unlock(c caller, ref string) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return 0, err
 	}
