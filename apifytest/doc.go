@@ -200,6 +200,19 @@
 //     another method gives 405 method-not-allowed listing the methods;
 //     OPTIONS gives 204 with Allow. The spec's method override (?method=POST)
 //     is honoured.
+//   - Query strings. A query string that does not parse (a stray '%', a
+//     ';' separator) gives 400 invalid-input, as does any parameter given
+//     more than once. Whole-number parameters (limit, lockSecs) are decimal
+//     digits with an optional sign and zero fraction ("25", "+25", "25.0");
+//     hex, exponents and the like ("0x1p1", "6e1") give 400 invalid-input.
+//   - Browsers. A state-changing call (any method but GET, HEAD and
+//     OPTIONS, after ?method=) that carries Sec-Fetch-Site cross-site or
+//     same-site, an Origin other than the server's own (or "null"), or, when
+//     ?method= turned a GET into it, a Referer of another site, gives 403
+//     insufficient-permissions: a web page open in the developer's browser
+//     cannot change even a tokenless emulator's state. Programs send none of
+//     these headers. Reads are allowed (the emulator sends no CORS headers,
+//     so another site cannot read the answers).
 //   - Time is UTC with millisecond precision; a lock has expired from its
 //     lockExpiresAt on. Injected faults answer before authentication and
 //     before any state changes. Rate limits are modelled only with

@@ -12,6 +12,8 @@ import (
 	"math"
 	"mime"
 	"net/http"
+	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -140,9 +142,27 @@ type router struct {
 
 func (rt router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-RateLimit-Limit", rt.otherLimit)
-	if m := r.URL.Query().Get("method"); m != "" {
+	query, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		writeError(w, errInvalidInput("The query string cannot be parsed: each parameter must be name=value, "+
+			"separated by '&' (not ';'), with '%%' only as in %%2F"))
+		return
+	}
+	for name, vals := range query {
+		if len(vals) > 1 {
+			writeError(w, errInvalidInput("Query parameter %q is given %d times; give each parameter at most once", clip(name), len(vals)))
+			return
+		}
+	}
+	overridden := false
+	if m := query.Get("method"); m != "" {
 		r = r.Clone(r.Context())
-		r.Method = strings.ToUpper(m)
+		r.Method, overridden = strings.ToUpper(m), r.Method != strings.ToUpper(m)
+	}
+	if why := crossSite(r, overridden); why != "" {
+		writeError(w, errInsufficientPermissions("Refused a %s from a web page of another site (%s): a browser must not change the emulator's state; "+
+			"call it from a program, which sends no Origin or Sec-Fetch-Site", r.Method, why))
+		return
 	}
 	h, pattern := rt.mux.Handler(r)
 	if pattern != "" {
@@ -170,6 +190,49 @@ func (rt router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	writeError(w, newAPIError(http.StatusMethodNotAllowed, "method-not-allowed",
 		"This API end-point can only be accessed using the following HTTP methods: %s", strings.Join(allowed, ",")))
+}
+
+// crossSite says why a state-changing call looks like one a web page of
+// another site made the browser send, or "" when it does not: the browser's
+// Sec-Fetch-Site is cross-site or same-site, or its Origin (or, for a GET
+// turned into another method by ?method=, its Referer) is not this server.
+// Programs send none of these headers. Reading calls are not checked: the
+// emulator sends no CORS headers, so another site cannot read the answers.
+func crossSite(r *http.Request, overridden bool) string {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return ""
+	}
+	switch site := strings.ToLower(r.Header.Get("Sec-Fetch-Site")); site {
+	case "", "same-origin", "none":
+	default:
+		return "Sec-Fetch-Site: " + clip(site)
+	}
+	foreign := func(header string) string {
+		v := r.Header.Get(header)
+		if v == "" {
+			return ""
+		}
+		if u, err := url.Parse(v); err != nil || !strings.EqualFold(u.Host, r.Host) {
+			return header + ": " + clip(v)
+		}
+		return ""
+	}
+	if why := foreign("Origin"); why != "" {
+		return why
+	}
+	if overridden {
+		return foreign("Referer")
+	}
+	return ""
+}
+
+// clip shortens a client's string for an error message.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
 }
 
 // probeWriter records what the mux's fallback handler would answer.
@@ -248,9 +311,9 @@ func wholeParam(r *http.Request, name string, def, lo, hi int, clamp bool) (int,
 	v, err := strconv.ParseFloat(raw[0], 64)
 	switch {
 	case err != nil || math.IsNaN(v) || math.IsInf(v, 0):
-		return 0, errInvalidInput("Query parameter %q must be a number; got %q", name, raw[0])
-	case v != math.Trunc(v):
-		return 0, errInvalidInput("Query parameter %q must be a whole number; got %q", name, raw[0])
+		return 0, errInvalidInput("Query parameter %q must be a number; got %q", name, clip(raw[0]))
+	case !wholeNumber.MatchString(raw[0]):
+		return 0, errInvalidInput("Query parameter %q must be a whole number in decimal digits, such as 25; got %q", name, clip(raw[0]))
 	case v < float64(lo):
 		return 0, errInvalidInput("Query parameter %q must be at least %d; got %q", name, lo, raw[0])
 	case v > float64(hi) && clamp:
@@ -260,6 +323,10 @@ func wholeParam(r *http.Request, name string, def, lo, hi int, clamp bool) (int,
 	}
 	return int(v), nil
 }
+
+// wholeNumber is how a whole-number query parameter may be written: decimal
+// digits, optionally signed, optionally with a zero fraction ("60.0").
+var wholeNumber = regexp.MustCompile(`^[-+]?[0-9]{1,15}(\.0+)?$`)
 
 // lockSecsParam parses the required lockSecs.
 func lockSecsParam(r *http.Request) (int, error) {

@@ -1,0 +1,90 @@
+package apifytest
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// Query strings are parsed strictly: what is not plainly a whole number, a
+// query that does not parse, and a repeated parameter are 400s, and nothing
+// happens.
+func TestStrictQueryParsing(t *testing.T) {
+	s, _, q, _ := newQueue(t, 3)
+	c := raw(t, s)
+	qp := "/v2/request-queues/" + q
+	for _, tc := range []struct {
+		path string
+		msg  []string
+	}{
+		{qp + "/head/lock?lockSecs=60&clientKey=k&limit=0x1p1", []string{`"limit"`, "decimal digits", "0x1p1"}},
+		{qp + "/head/lock?lockSecs=6e1&clientKey=k", []string{`"lockSecs"`, "6e1"}},
+		{qp + "/head/lock?lockSecs=60&clientKey=k&limit=1_0", []string{`"limit"`}},
+		{qp + "/head/lock?lockSecs=60&clientKey=k&limit=2.5", []string{`"limit"`, "whole number"}},
+		{qp + "/head/lock?lockSecs=60&clientKey=k&limit=1&limit=2", []string{`"limit"`, "2 times"}},
+		{qp + "/head/lock?lockSecs=60&clientKey=k&clientKey=j", []string{`"clientKey"`, "2 times"}},
+		{qp + "/head/lock?lockSecs=60;clientKey=k", []string{"cannot be parsed"}},
+		{qp + "/head/lock?lockSecs=60&clientKey=%%%", []string{"cannot be parsed"}},
+	} {
+		expectError(t, c.do(OpListAndLockHead, "POST", tc.path, nil), 400, "invalid-input", tc.msg...)
+	}
+	if n := len(s.Locked(q)); n != 0 {
+		t.Errorf("%d requests were locked by refused calls", n)
+	}
+	expectError(t, c.do(OpListRequests, "GET", qp+"/requests?cursor=%%%", nil), 400, "invalid-input", "cannot be parsed")
+	expectError(t, c.do(OpGetHead, "GET", qp+"/head?limit=+0x10", nil), 400, "invalid-input", `"limit"`)
+	// What is plain still works: "60.0" and a sign are numbers the spec allows.
+	r := c.do(OpListAndLockHead, "POST", qp+"/head/lock?lockSecs=60.0&limit=%2B2&clientKey=k", nil)
+	expectStatus(t, r, 201)
+	if n := len(r.items(t)); n != 2 {
+		t.Errorf("locked %d, want 2", n)
+	}
+}
+
+// A web page in the developer's browser cannot change a tokenless
+// emulator's state: the headers browsers send on cross-site requests get
+// 403, with or without the ?method= override. Programs send none of them.
+func TestCrossSiteBrowserRequestsAreRefused(t *testing.T) {
+	s, _, q, _ := newQueue(t, 2)
+	c := raw(t, s)
+	qp := "/v2/request-queues/" + q
+	expectStatus(t, c.do(OpListAndLockHead, "POST", qp+"/head/lock?lockSecs=60&clientKey=k", nil), 201)
+	host := strings.TrimPrefix(s.URL, "http://")
+	for _, tc := range []struct {
+		name   string
+		method string
+		path   string
+		header []string
+	}{
+		{"img tag: GET ?method=POST, cross-site", "GET", qp + "/requests/unlock?method=POST&clientKey=k",
+			[]string{"Sec-Fetch-Site", "cross-site", "Sec-Fetch-Mode", "no-cors", "Sec-Fetch-Dest", "image", "Referer", "https://evil.example/"}},
+		{"old browser: GET ?method=POST with only a Referer", "GET", qp + "/requests/unlock?method=POST&clientKey=k",
+			[]string{"Referer", "https://evil.example/page"}},
+		{"form POST, cross-site", "POST", qp + "/requests/unlock?clientKey=k",
+			[]string{"Origin", "https://evil.example", "Sec-Fetch-Site", "cross-site", "Sec-Fetch-Mode", "navigate"}},
+		{"form POST from a sibling subdomain", "POST", qp + "/requests/unlock?clientKey=k",
+			[]string{"Sec-Fetch-Site", "same-site"}},
+		{"fetch from a sandboxed page", "POST", qp + "/requests/unlock?clientKey=k", []string{"Origin", "null"}},
+		{"fetch DELETE, foreign Origin only", "DELETE", qp, []string{"Origin", "http://localhost:3000"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			expectError(t, c.do("", tc.method, tc.path, nil, tc.header...), 403, "insufficient-permissions", "another site")
+		})
+	}
+	if n := len(s.LockedBy(q, "k")); n != 2 {
+		t.Errorf("%d locks left, want 2: a refused call unlocked", n)
+	}
+	if s.Requests(q) == nil {
+		t.Fatal("the queue was deleted")
+	}
+	// Reads from anywhere, and writes from the emulator's own origin or
+	// from a program, still work.
+	expectStatus(t, c.do(OpGetHead, "GET", qp+"/head", nil, "Sec-Fetch-Site", "cross-site", "Origin", "https://evil.example"), 200)
+	expectStatus(t, c.do(OpUnlockRequests, "POST", qp+"/requests/unlock?clientKey=k", nil, "Origin", "http://"+host, "Sec-Fetch-Site", "same-origin"), 200)
+	expectStatus(t, c.do(OpListAndLockHead, "POST", qp+"/head/lock?lockSecs=60&clientKey=k", nil, "Sec-Fetch-Site", "none"), 201)
+	r := c.do(OpUnlockRequests, "GET", qp+"/requests/unlock?method=POST&clientKey=k", nil)
+	expectStatus(t, r, 200)
+	if fmt.Sprint(r.data(t)["unlockedCount"]) != "2" {
+		t.Errorf("the override from a program: %s", r.Raw)
+	}
+}
