@@ -93,6 +93,16 @@
 // its operation's class (60 outside any operation), with the model on or
 // off.
 //
+// # Listening
+//
+// [Server.Start] (and [NewServer], [Start]) serve on a loopback port with
+// [Server.HTTPServer], which bounds what a client can cost ([HTTPLimits],
+// [WithHTTPLimits]): a call must arrive within 30 s (its headers within
+// 10 s), so a client sending a byte a second is cut off; a keep-alive
+// connection idle for 60 s is closed; at most 512 connections are open at
+// once (one more is closed as soon as it is accepted); headers are at most
+// 64 KiB. [New] returns an error where [NewUnstartedServer] panics.
+//
 // # Reading the state
 //
 // [Server.Requests], [Server.Pending], [Server.Locked], [Server.LockedBy],
@@ -214,7 +224,9 @@
 //     these headers. Reads are allowed (the emulator sends no CORS headers,
 //     so another site cannot read the answers).
 //   - Time is UTC with millisecond precision; a lock has expired from its
-//     lockExpiresAt on. Injected faults answer before authentication and
+//     lockExpiresAt on. Each call reads the clock once, when it arrives,
+//     and all of it (expiring locks, the new expiry, timestamps, the rate
+//     limit) happens at that instant. Injected faults answer before authentication and
 //     before any state changes. Rate limits are modelled only with
 //     [WithRateLimits] (see Rate limits); FailNext injects any other 429.
 package apifytest

@@ -3,7 +3,9 @@ package apifytest
 import (
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // Query strings are parsed strictly: what is not plainly a whole number, a
@@ -86,5 +88,51 @@ func TestCrossSiteBrowserRequestsAreRefused(t *testing.T) {
 	expectStatus(t, r, 200)
 	if fmt.Sprint(r.data(t)["unlockedCount"]) != "2" {
 		t.Errorf("the override from a program: %s", r.Raw)
+	}
+}
+
+// countingClock counts its readings.
+type countingClock struct {
+	*ManualClock
+	reads atomic.Int64
+}
+
+func (c *countingClock) Now() time.Time {
+	c.reads.Add(1)
+	return c.ManualClock.Now()
+}
+
+// Each call reads the clock once, so all of it happens at one instant: a
+// prolong cannot find a lock live at one reading and renew it from a later.
+func TestOneCallReadsTheClockOnce(t *testing.T) {
+	clock := &countingClock{ManualClock: NewManualClock(t0)}
+	s := Start(t, WithClock(clock), WithQueue("q"), WithRateLimits(DefaultRateLimits))
+	q := s.CreateQueue("q")
+	ids := s.AddRequests(q, Request{URL: "https://a.test/"}, Request{URL: "https://b.test/"})
+	c := raw(t, s)
+	qp := "/v2/request-queues/" + q
+	for _, call := range []struct {
+		op           Operation
+		method, path string
+		body         any
+	}{
+		{OpListAndLockHead, "POST", qp + "/head/lock?lockSecs=60&clientKey=k", nil},
+		{OpProlongRequestLock, "PUT", qp + "/requests/" + ids[0] + "/lock?lockSecs=60&clientKey=k", nil},
+		{OpDeleteRequestLock, "DELETE", qp + "/requests/" + ids[1] + "/lock?clientKey=k", nil},
+		{OpUpdateRequest, "PUT", qp + "/requests/" + ids[0] + "?clientKey=k", map[string]any{"url": "https://a.test/", "uniqueKey": "https://a.test/", "handledAt": "2026-01-01T00:00:00Z"}},
+		{OpAddRequest, "POST", qp + "/requests", map[string]any{"url": "https://c.test/", "uniqueKey": "c"}},
+		{OpGetHead, "GET", qp + "/head", nil},
+		{OpUnlockRequests, "POST", qp + "/requests/unlock?clientKey=k", nil},
+		{OpGetQueue, "GET", "/v2/request-queues/~q", nil},
+		{OpGetOrCreateQueue, "POST", "/v2/request-queues?name=q2", nil},
+	} {
+		before := clock.reads.Load()
+		r := c.do(call.op, call.method, call.path, call.body)
+		if r.Status >= 300 {
+			t.Fatalf("%s: %d %s", call.op, r.Status, r.Raw)
+		}
+		if n := clock.reads.Load() - before; n != 1 {
+			t.Errorf("%s read the clock %d times", call.op, n)
+		}
 	}
 }

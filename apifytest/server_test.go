@@ -357,3 +357,42 @@ func TestOnlyTheOwnerChangesAQueue(t *testing.T) {
 	expectStatus(t, bob.do(OpGetQueue, "GET", "/v2/request-queues/alice~shared", nil), 200)
 	expectError(t, bob.do(OpUnlockRequests, "POST", "/v2/request-queues/alice~shared/requests/unlock?clientKey=k", nil), 403, "insufficient-permissions")
 }
+
+// New returns an error where NewUnstartedServer panics.
+func TestNewReturnsErrors(t *testing.T) {
+	s, err := New(WithToken(""), WithQueue("-bad"), WithRateLimits(RateLimits{Batch: -1}), WithHTTPLimits(HTTPLimits{MaxConns: -1}))
+	if s != nil || err == nil {
+		t.Fatalf("New = %v, %v", s, err)
+	}
+	for _, want := range []string{"WithToken", "WithQueue", "WithRateLimits", "WithHTTPLimits"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%q does not name %s", err, want)
+		}
+	}
+	s, err = New(WithQueue("q"))
+	if err != nil || s.URL != "" || s.CreateQueue("q") == "" {
+		t.Fatalf("New = %v, %v", s, err)
+	}
+}
+
+// Client works with whatever tokens the server has.
+func TestClientUsesAConfiguredToken(t *testing.T) {
+	for name, opts := range map[string][]Option{
+		"user tokens only": {WithUserToken("u-2", "zed"), WithUserToken("u-1", "amy")},
+		"run tokens only":  {WithRunToken("r-1", "RUN1")},
+		"run and user":     {WithRunToken("a-run", "RUN1"), WithUserToken("b-user", "bob")},
+		"WithToken wins":   {WithUserToken("a-user", "amy"), WithToken("z-plain")},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := Start(t, opts...)
+			q, err := s.Client().RequestQueue("~mine").UnlockRequests(context.Background(), "k")
+			if err == nil || !strings.Contains(err.Error(), "404") {
+				t.Fatalf("unlock on a missing queue: %+v, %v (want 404, not 401)", q, err)
+			}
+		})
+	}
+	s := Start(t, WithRunToken("r-1", "RUN1"), WithUserToken("b-user", "bob"))
+	if s.plain != "b-user" {
+		t.Errorf("Client uses %q, want the user token", s.plain)
+	}
+}
