@@ -1,20 +1,23 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rqkit/apify/apifytest"
 )
 
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("serve", "[--addr 127.0.0.1:8080] [--token T]... [--run-token T=RUN_ID]... [--queue NAME]...", stderr)
+	fs := newFlagSet("serve", "[--addr 127.0.0.1:8080] [--token T]... [--run-token T=RUN_ID]... [--queue NAME]... [--rate-limits on] [--log]", stderr)
 	addr := fs.String("addr", "127.0.0.1:8080", "`host:port` to listen on; port 0 picks a free port")
 	var tokens, runTokens secretFlags
 	var queues repeated
@@ -23,10 +26,18 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Var(&queues, "queue", "create a queue with this `name` and print its ID (repeatable)")
 	rateLimits := fs.String("rate-limits", "off", "model Apify's per-queue rate limits: `off`, on (400 request CRUD, 40 batch and head/lock, 60 other calls per second), "+
 		"or some of crud=N,batch=N,other=N (the rest as on); a call over its limit gets 429 rate-limit-exceeded")
+	logCalls := fs.Bool("log", false, "print one line per call: time, method, path (never the query, which may hold a token), status, duration")
+	readTimeout := fs.Duration("read-timeout", 30*time.Second, "cut off a client that takes longer than this to send one call, body included")
+	idleTimeout := fs.Duration("idle-timeout", 60*time.Second, "close a keep-alive connection idle for this long")
+	maxConns := fs.Int("max-conns", 512, "close connections over this many open at once")
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
 	}
-	opts := make([]apifytest.Option, 0, len(tokens.repeated)+len(runTokens.repeated)+len(queues)+1)
+	if *readTimeout <= 0 || *idleTimeout <= 0 || *maxConns <= 0 {
+		fmt.Fprintln(stderr, "apify-rq serve: --read-timeout, --idle-timeout and --max-conns must be positive, such as 30s, 60s and 512")
+		return exitUsage
+	}
+	opts := []apifytest.Option{apifytest.WithHTTPLimits(apifytest.HTTPLimits{ReadTimeout: *readTimeout, IdleTimeout: *idleTimeout, MaxConns: *maxConns})}
 	if limits, on, err := parseRateLimits(*rateLimits); err != nil {
 		fmt.Fprintf(stderr, "apify-rq serve: --rate-limits: %v\n", err)
 		return exitUsage
@@ -47,7 +58,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	for _, q := range queues {
 		opts = append(opts, apifytest.WithQueue(q))
 	}
-	emu, err := newEmulator(opts)
+	emu, err := apifytest.New(opts...)
 	if err != nil {
 		fmt.Fprintf(stderr, "apify-rq serve: %v\n", err)
 		return exitUsage
@@ -68,7 +79,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "apify-rq: point clients at it with APIFY_API_BASE_URL=%s; stop with Ctrl-C\n", base)
 
-	srv := &http.Server{Handler: emu.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := emu.HTTPServer()
+	srv.ErrorLog = log.New(stderr, "apify-rq serve: ", log.LstdFlags)
+	if *logCalls {
+		srv.Handler = logged(srv.Handler, stdout)
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	select {
@@ -87,14 +102,56 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-// newEmulator makes the emulator, turning its panic on a bad option into an error.
-func newEmulator(opts []apifytest.Option) (s *apifytest.Server, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("%v", p)
-		}
-	}()
-	return apifytest.NewUnstartedServer(opts...), nil
+// logged wraps h to print one line per call to out: the time, the method,
+// the path (never the query: it may hold ?token=), the status ("dropped"
+// for a dropped connection) and how long the call took.
+func logged(h http.Handler, out io.Writer) http.Handler {
+	var mu sync.Mutex
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		defer func() {
+			status := strconv.Itoa(rec.status)
+			switch {
+			case rec.hijacked:
+				status = "dropped"
+			case rec.status == 0:
+				status = "200"
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			fmt.Fprintf(out, "%s %s %s %s %v\n", start.UTC().Format("2006-01-02T15:04:05.000Z"),
+				r.Method, r.URL.EscapedPath(), status, time.Since(start).Round(10*time.Microsecond))
+		}()
+		h.ServeHTTP(rec, r)
+	})
+}
+
+// statusRecorder remembers the status a handler answered with.
+type statusRecorder struct {
+	http.ResponseWriter
+	status   int
+	hijacked bool
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// Hijack lets the emulator's injected faults drop the connection.
+func (s *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	s.hijacked = true
+	return http.NewResponseController(s.ResponseWriter).Hijack()
 }
 
 // parseRateLimits parses --rate-limits: off, on, or crud=N,batch=N,other=N

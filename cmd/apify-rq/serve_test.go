@@ -5,10 +5,15 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"log"
+	"net"
 	"net/http"
+	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // syncBuffer is a bytes.Buffer safe for concurrent use.
@@ -125,4 +130,102 @@ func TestServeRateLimits(t *testing.T) {
 			t.Errorf("--rate-limits %s: exit %d, %s", bad, code, stderr.String())
 		}
 	}
+}
+
+// --log prints one line per call, never a token or the query; the server's
+// errors go to the command's stderr, not the default logger.
+func TestServeLogs(t *testing.T) {
+	var std bytes.Buffer
+	log.SetOutput(&std)
+	t.Cleanup(func() { log.SetOutput(os.Stderr) })
+
+	sv := startServe(t, "--log", "--queue", "q", "--token", "s3cret-tok", "--max-conns", "2", "--idle-timeout", "200ms", "--read-timeout", "300ms")
+	resp, _ := call(t, "POST", sv.base+"/v2/request-queues/~q/head/lock?lockSecs=60&clientKey=k&token=s3cret-tok", nil)
+	if resp.StatusCode != 201 {
+		t.Fatalf("head/lock: %d", resp.StatusCode)
+	}
+	resp, _ = call(t, "GET", sv.base+"/v2/request-queues/~q", nil, "Authorization", "Bearer s3cret-tok")
+	if resp.StatusCode != 200 {
+		t.Fatalf("get: %d", resp.StatusCode)
+	}
+	resp, _ = call(t, "GET", sv.base+"/v2/request-queues/~q?token=wrong-tok", nil)
+	if resp.StatusCode != 401 {
+		t.Fatalf("get with a wrong token: %d", resp.StatusCode)
+	}
+	http.DefaultClient.CloseIdleConnections()
+	// Over --max-conns: the third connection is closed and the refusal logged.
+	var conns []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", strings.TrimPrefix(sv.base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(sv.stderr.String(), "the limit is 2") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if code := sv.stop(); code != 0 {
+		t.Errorf("exit %d", code)
+	}
+	out, errs := sv.stdout.String(), sv.stderr.String()
+	lines := regexp.MustCompile(`(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (\S+) (\S+) (\d{3}) \S+$`).FindAllStringSubmatch(out, -1)
+	if len(lines) != 3 || lines[0][1] != "POST" || !strings.HasSuffix(lines[0][2], "/v2/request-queues/~q/head/lock") || lines[0][3] != "201" ||
+		lines[1][3] != "200" || lines[2][3] != "401" {
+		t.Errorf("log lines %q in:\n%s", lines, out)
+	}
+	if strings.Contains(out+errs, "s3cret-tok") || strings.Contains(out+errs, "wrong-tok") || strings.Contains(out, "lockSecs") {
+		t.Errorf("a token or query was printed:\n%s\n%s", out, errs)
+	}
+	if !strings.Contains(errs, "apify-rq serve: ") || !strings.Contains(errs, "the limit is 2") {
+		t.Errorf("stderr lacks the refused connection:\n%s", errs)
+	}
+	if std.Len() != 0 {
+		t.Errorf("the default logger got: %s", std.String())
+	}
+}
+
+// A client sending its body a byte at a time is cut off after
+// --read-timeout; an idle keep-alive connection after --idle-timeout.
+func TestServeCutsOffSlowAndIdleClients(t *testing.T) {
+	sv := startServe(t, "--queue", "q", "--read-timeout", "300ms", "--idle-timeout", "200ms")
+	waitClosed := func(c net.Conn) time.Duration {
+		t.Helper()
+		start := time.Now()
+		_ = c.SetReadDeadline(start.Add(10 * time.Second))
+		buf := make([]byte, 4096)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					t.Fatal("still open after 10 s")
+				}
+				return time.Since(start)
+			}
+		}
+	}
+	c, err := net.Dial("tcp", strings.TrimPrefix(sv.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = io.WriteString(c, "POST /v2/request-queues/~q/requests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n")
+	go func() {
+		for range 500 {
+			time.Sleep(50 * time.Millisecond)
+			if _, err := c.Write([]byte(" ")); err != nil {
+				return
+			}
+		}
+	}()
+	waitClosed(c)
+
+	idle, err := net.Dial("tcp", strings.TrimPrefix(sv.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	_, _ = io.WriteString(idle, "GET /v2/request-queues/~q HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitClosed(idle)
 }
