@@ -183,6 +183,13 @@
 //     spec's RequestWithoutId says; an added request must not carry an id.
 //     Fields outside the spec's RequestBase are dropped, null fields are
 //     omitted, and handledAt is omitted while a request is not handled.
+//   - Sizes. A request's uniqueKey and url may each have at most
+//     [MaxKeyBytes] (16 KiB) bytes (else 400 invalid-input naming the
+//     field). GET head, head/lock and list stop before the request that would
+//     take their response past about 8 MiB (returning at least one), so a
+//     few huge requests cannot make one call cost a gigabyte: head/lock
+//     locks only what it returns, and the list's nextCursor continues where
+//     it stopped.
 //   - Batches take 0 to 25 requests. A uniqueKey repeated within a batch add
 //     is reported wasAlreadyPresent; deleting a request that does not exist
 //     counts as processed.

@@ -32,6 +32,9 @@ const (
 	MaxBatchSize = 25
 	// MaxClientKeyLength is the longest clientKey accepted, in characters.
 	MaxClientKeyLength = 32
+	// MaxKeyBytes is the longest uniqueKey, and the longest url, that a
+	// request may have, in bytes.
+	MaxKeyBytes = 16 << 10
 
 	maxHeadLockLimit     = 25
 	defaultHeadLockLimit = 25
@@ -508,6 +511,11 @@ func parseRequest(raw json.RawMessage, where string) (requestData, string, error
 		return d, "", err
 	} else if !ok || d.url == "" {
 		return d, "", errInvalidInput("%s: field \"url\" is required and must not be empty", where)
+	}
+	for _, f := range []struct{ name, v string }{{"uniqueKey", d.uniqueKey}, {"url", d.url}} {
+		if len(f.v) > MaxKeyBytes {
+			return d, "", errInvalidInput("%s: field %q has %d bytes; at most %d are stored", where, f.name, len(f.v), MaxKeyBytes)
+		}
 	}
 	if meth, ok, err := str("method"); err != nil {
 		return d, "", err

@@ -136,3 +136,56 @@ func TestOneCallReadsTheClockOnce(t *testing.T) {
 		}
 	}
 }
+
+// A few huge requests cannot make one response huge: uniqueKey and url are
+// capped on write, and head, head/lock and list stop at about 8 MiB,
+// leaving the rest for the next call.
+func TestResponsesAreBounded(t *testing.T) {
+	s, _, q, _ := newQueue(t, 0)
+	c := raw(t, s)
+	qp := "/v2/request-queues/" + q
+	huge := strings.Repeat("k", MaxKeyBytes+1)
+	expectError(t, c.do(OpAddRequest, "POST", qp+"/requests", map[string]any{"url": "https://x.test/", "uniqueKey": huge}), 400, "invalid-input", `"uniqueKey"`, "16384")
+	expectError(t, c.do(OpBatchAddRequests, "POST", qp+"/requests/batch", []any{map[string]any{"url": "https://x.test/" + huge, "uniqueKey": "x"}}),
+		400, "invalid-input", "index 0", `"url"`)
+	expectStatus(t, c.do(OpAddRequest, "POST", qp+"/requests", map[string]any{"url": "https://x.test/", "uniqueKey": huge[1:]}), 201)
+
+	// Seeded directly (the API would refuse them): 20 requests of 1 MiB each.
+	big := make([]Request, 20)
+	for i := range big {
+		big[i] = Request{URL: "https://x.test/" + itoa(i), UniqueKey: itoa(i) + strings.Repeat("u", 1<<20)}
+	}
+	s.AddRequests(q, big...)
+	r := c.do(OpGetHead, "GET", qp+"/head?limit=1000", nil)
+	expectStatus(t, r, 200)
+	if n := len(r.items(t)); n < 2 || n > 9 || len(r.Raw) > 9<<20 {
+		t.Errorf("GET head returned %d items in %d bytes", n, len(r.Raw))
+	}
+	r = c.do(OpListAndLockHead, "POST", qp+"/head/lock?lockSecs=60&limit=25&clientKey=k", nil)
+	expectStatus(t, r, 201)
+	if n := len(r.items(t)); n < 2 || n > 9 || len(r.Raw) > 9<<20 || len(s.LockedBy(q, "k")) != n {
+		t.Errorf("head/lock returned %d items in %d bytes and locked %d", n, len(r.Raw), len(s.LockedBy(q, "k")))
+	}
+	// Listing pages through all 21, each page bounded.
+	seen, cursor := 0, ""
+	for page := 0; ; page++ {
+		path := qp + "/requests?limit=10000"
+		if cursor != "" {
+			path += "&cursor=" + cursor
+		}
+		r = c.do(OpListRequests, "GET", path, nil)
+		expectStatus(t, r, 200)
+		if len(r.Raw) > 9<<20 {
+			t.Errorf("page %d has %d bytes", page, len(r.Raw))
+		}
+		seen += len(r.items(t))
+		next, _ := r.data(t)["nextCursor"].(string)
+		if next == "" || page > 30 {
+			break
+		}
+		cursor = next
+	}
+	if seen != 21 {
+		t.Errorf("listed %d requests, want 21", seen)
+	}
+}

@@ -803,6 +803,7 @@ func (s *store) listRequests(c caller, ref string, limit, start int, exclusiveSt
 		start = r.pos + 1
 	}
 	items := []requestView{}
+	var b budget
 	i := start
 	for ; i < len(q.order) && len(items) < limit; i++ {
 		r := q.order[i]
@@ -812,6 +813,9 @@ func (s *store) listRequests(c caller, ref string, limit, start int, exclusiveSt
 		locked, pending := r.lock != nil, r.lock == nil && !r.handled()
 		if (f.locked || f.pending) && !(f.locked && locked || f.pending && pending) {
 			continue
+		}
+		if !b.take(r.fullCost(), len(items)) {
+			break
 		}
 		items = append(items, r.view())
 	}
@@ -844,8 +848,13 @@ func (s *store) head(c caller, ref string, limit int) (headResult, error) {
 	}
 	q.touch(c.clientKey, c.now)
 	res := headResult{QueueModifiedAt: q.modifiedAt, HadMultipleClients: q.multiple, QueueHasLocked: len(q.locks) > 0, Items: []requestView{}}
+	var b budget
 	for e := q.pending.Front(); e != nil && len(res.Items) < limit; e = e.Next() {
-		res.Items = append(res.Items, e.Value.(*request).view())
+		r := e.Value.(*request)
+		if !b.take(r.headCost(), len(res.Items)) {
+			break
+		}
+		res.Items = append(res.Items, r.view())
 	}
 	return res, nil
 }
@@ -863,8 +872,12 @@ func (s *store) listAndLockHead(c caller, ref string, limit int, lockFor time.Du
 	now := c.now
 	q.touch(c.clientKey, now)
 	res := headResult{Items: make([]requestView, 0, min(limit, q.pending.Len()))}
+	var b budget
 	for len(res.Items) < limit && q.pending.Len() > 0 {
 		r := q.pending.Front().Value.(*request)
+		if !b.take(r.headCost(), len(res.Items)) {
+			break
+		}
 		s.takeLock(q, r, c, now.Add(lockFor))
 		res.Items = append(res.Items, r.view())
 	}
@@ -974,6 +987,36 @@ func (s *store) unlock(c caller, ref string) (int, error) {
 		q.modifiedAt = now
 	}
 	return len(mine), nil
+}
+
+// maxResponseBytes bounds the requests one head, head/lock or list call
+// returns, roughly in bytes of JSON: it stops before the request that
+// would go over (but returns at least one), leaving the rest for the next
+// call.
+const maxResponseBytes = 8 << 20
+
+// budget counts what a response has cost so far.
+type budget struct{ used int }
+
+// take adds cost and reports whether the item fits: the first always does.
+func (b *budget) take(cost, taken int) bool {
+	if taken > 0 && b.used+cost > maxResponseBytes {
+		return false
+	}
+	b.used += cost
+	return true
+}
+
+// headCost is roughly the size of the request as a head item.
+func (r *request) headCost() int { return 128 + len(r.data.uniqueKey) + len(r.data.url) }
+
+// fullCost is roughly the size of the full request object.
+func (r *request) fullCost() int {
+	n := r.headCost()
+	for _, v := range r.data.extra {
+		n += 16 + len(v)
+	}
+	return n
 }
 
 // formatTime renders a time the way the API does: UTC, milliseconds, "Z".
