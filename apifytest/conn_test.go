@@ -56,7 +56,7 @@ func closedWithin(t *testing.T, c net.Conn, br *bufio.Reader, d time.Duration) t
 }
 
 func TestSlowClientsAreCutOff(t *testing.T) {
-	s := Start(t, WithQueue("q"), WithHTTPLimits(HTTPLimits{ReadTimeout: 300 * time.Millisecond}))
+	s := Start(t, WithQueue("q"), WithHTTPLimits(HTTPLimits{ReadTimeout: 150 * time.Millisecond}))
 	c := dial(t, s)
 	br := bufio.NewReader(c)
 	if _, err := io.WriteString(c, "POST /v2/request-queues/~q/requests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"); err != nil {
@@ -90,7 +90,7 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 }
 
 func TestIdleConnectionsAreClosed(t *testing.T) {
-	s := Start(t, WithQueue("q"), WithHTTPLimits(HTTPLimits{IdleTimeout: 200 * time.Millisecond}))
+	s := Start(t, WithQueue("q"), WithHTTPLimits(HTTPLimits{IdleTimeout: 100 * time.Millisecond}))
 	c := dial(t, s)
 	br := bufio.NewReader(c)
 	if code := getOn(t, c, br, "/v2/request-queues/~q"); code != 200 {

@@ -992,8 +992,8 @@ func (s *store) unlock(c caller, ref string) (int, error) {
 // maxResponseBytes bounds the requests one head, head/lock or list call
 // returns, roughly in bytes of JSON: it stops before the request that
 // would go over (but returns at least one), leaving the rest for the next
-// call.
-const maxResponseBytes = 8 << 20
+// call. (A variable so that tests can lower it.)
+var maxResponseBytes = 8 << 20
 
 // budget counts what a response has cost so far.
 type budget struct{ used int }

@@ -190,7 +190,7 @@ func TestServeLogs(t *testing.T) {
 // A client sending its body a byte at a time is cut off after
 // --read-timeout; an idle keep-alive connection after --idle-timeout.
 func TestServeCutsOffSlowAndIdleClients(t *testing.T) {
-	sv := startServe(t, "--queue", "q", "--read-timeout", "300ms", "--idle-timeout", "200ms")
+	sv := startServe(t, "--queue", "q", "--read-timeout", "150ms", "--idle-timeout", "100ms")
 	waitClosed := func(c net.Conn) time.Duration {
 		t.Helper()
 		start := time.Now()
