@@ -83,10 +83,9 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 		t.Error("the slow call added a request")
 	}
 	// A slow client sending its headers is cut off too.
-	c = dial(t, s)
-	br = bufio.NewReader(c)
-	_, _ = io.WriteString(c, "GET /v2/request-queues/~q HTTP/1.1\r\nHost: x\r\n")
-	closedWithin(t, c, br, 10*time.Second)
+	hc := dial(t, s)
+	_, _ = io.WriteString(hc, "GET /v2/request-queues/~q HTTP/1.1\r\nHost: x\r\n")
+	closedWithin(t, hc, bufio.NewReader(hc), 10*time.Second)
 }
 
 func TestIdleConnectionsAreClosed(t *testing.T) {

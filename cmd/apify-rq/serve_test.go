@@ -154,14 +154,12 @@ func TestServeLogs(t *testing.T) {
 	}
 	http.DefaultClient.CloseIdleConnections()
 	// Over --max-conns: the third connection is closed and the refusal logged.
-	var conns []net.Conn
 	for range 3 {
 		c, err := net.Dial("tcp", strings.TrimPrefix(sv.base, "http://"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		conns = append(conns, c)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(sv.stderr.String(), "the limit is 2") && time.Now().Before(deadline) {
