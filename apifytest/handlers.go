@@ -217,7 +217,13 @@ func crossSite(r *http.Request, overridden bool) string {
 			return ""
 		}
 		if u, err := url.Parse(v); err != nil || !strings.EqualFold(u.Host, r.Host) {
-			return header + ": " + clip(v)
+			host := "an unparsable URL"
+			if err == nil && u.Host != "" {
+				host = clip(u.Host) // never the whole URL: its query may hold a token
+			} else if v == "null" {
+				host = "null"
+			}
+			return header + " from " + host
 		}
 		return ""
 	}
