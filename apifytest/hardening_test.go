@@ -61,7 +61,7 @@ func TestCrossSiteBrowserRequestsAreRefused(t *testing.T) {
 		{"img tag: GET ?method=POST, cross-site", "GET", qp + "/requests/unlock?method=POST&clientKey=k",
 			[]string{"Sec-Fetch-Site", "cross-site", "Sec-Fetch-Mode", "no-cors", "Sec-Fetch-Dest", "image", "Referer", "https://evil.example/"}},
 		{"old browser: GET ?method=POST with only a Referer", "GET", qp + "/requests/unlock?method=POST&clientKey=k",
-			[]string{"Referer", "https://evil.example/page"}},
+			[]string{"Referer", "https://evil.example/page?token=leaky-secret"}},
 		{"form POST, cross-site", "POST", qp + "/requests/unlock?clientKey=k",
 			[]string{"Origin", "https://evil.example", "Sec-Fetch-Site", "cross-site", "Sec-Fetch-Mode", "navigate"}},
 		{"form POST from a sibling subdomain", "POST", qp + "/requests/unlock?clientKey=k",
@@ -70,7 +70,11 @@ func TestCrossSiteBrowserRequestsAreRefused(t *testing.T) {
 		{"fetch DELETE, foreign Origin only", "DELETE", qp, []string{"Origin", "http://localhost:3000"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			expectError(t, c.do("", tc.method, tc.path, nil, tc.header...), 403, "insufficient-permissions", "another site")
+			r := c.do("", tc.method, tc.path, nil, tc.header...)
+			expectError(t, r, 403, "insufficient-permissions", "another site")
+			if strings.Contains(r.errMessage(), "leaky-secret") {
+				t.Errorf("the message holds the Referer's query: %s", r.errMessage())
+			}
 		})
 	}
 	if n := len(s.LockedBy(q, "k")); n != 2 {
