@@ -162,6 +162,10 @@ func retryAfter(wait time.Duration) string {
 	return strconv.FormatInt(max(1, int64((wait+time.Second-1)/time.Second)), 10)
 }
 
+// RateLimits returns the limits in force: those of [WithRateLimits], or,
+// when the model is off, the documented ones that X-RateLimit-Limit reports.
+func (s *Server) RateLimits() RateLimits { return s.limiter.limits }
+
 // RateLimited returns how many calls of op were refused with 429 by the
 // rate-limit model ([WithRateLimits]); [Server.Calls] counts them too.
 func (s *Server) RateLimited(op Operation) int {

@@ -38,10 +38,12 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	opts := []apifytest.Option{apifytest.WithHTTPLimits(apifytest.HTTPLimits{ReadTimeout: *readTimeout, IdleTimeout: *idleTimeout, MaxConns: *maxConns})}
-	if limits, on, err := parseRateLimits(*rateLimits); err != nil {
+	limits, limited, err := parseRateLimits(*rateLimits)
+	if err != nil {
 		fmt.Fprintf(stderr, "apify-rq serve: --rate-limits: %v\n", err)
 		return exitUsage
-	} else if on {
+	}
+	if limited {
 		opts = append(opts, apifytest.WithRateLimits(limits))
 	}
 	for _, t := range tokens.repeated {
@@ -76,6 +78,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if n := len(tokens.repeated) + len(runTokens.repeated); n > 0 {
 		fmt.Fprintf(stdout, "apify-rq: every call needs one of the %d configured tokens\n", n)
+	}
+	if limited {
+		l := emu.RateLimits()
+		fmt.Fprintf(stdout, "apify-rq: rate limits per queue: %d calls/s of request CRUD, %d of head/lock and batches, %d of the rest\n",
+			l.RequestCRUD, l.Batch, l.Other)
 	}
 	fmt.Fprintf(stdout, "apify-rq: point clients at it with APIFY_API_BASE_URL=%s; stop with Ctrl-C\n", base)
 

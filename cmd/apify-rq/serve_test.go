@@ -60,13 +60,18 @@ func startServe(t *testing.T, args ...string) *served {
 	first := sc.Text()
 	sv.stdout.Write([]byte(first + "\n"))
 	sv.base = strings.TrimPrefix(first, "apify-rq: serving the request-queue emulator at ")
-	go func() { _, _ = io.Copy(sv.stdout, pr) }()
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		_, _ = io.Copy(sv.stdout, pr)
+	}()
 	var once sync.Once
 	code := 0
 	sv.stop = func() int {
 		once.Do(func() {
 			cancel()
 			code = <-done
+			<-copied // every line serve printed is in sv.stdout
 		})
 		return code
 	}
@@ -112,6 +117,14 @@ func TestServeRateLimits(t *testing.T) {
 				args = append(args, "--rate-limits", tc.flag)
 			}
 			sv := startServe(t, args...)
+			defer func() {
+				sv.stop()
+				if announced := strings.Contains(sv.stdout.String(), "apify-rq: rate limits per queue: "+map[string]string{
+					"batch=2": "400 calls/s of request CRUD, 2 of head/lock", "on": "400 calls/s of request CRUD, 40 of head/lock",
+				}[tc.flag]); announced != (tc.flag == "batch=2" || tc.flag == "on") {
+					t.Errorf("stdout:\n%s", sv.stdout.String())
+				}
+			}()
 			for i, want := range tc.statuses {
 				resp, body := call(t, "POST", sv.base+"/v2/request-queues/~q/head/lock?lockSecs=60&clientKey=k", nil)
 				if resp.StatusCode != want || resp.Header.Get("X-RateLimit-Limit") != tc.lockLimit {
