@@ -31,11 +31,11 @@ func TestListQueues(t *testing.T) {
 		return out
 	}
 	for _, name := range []string{"first", "", "second", "third"} {
-		if _, _, err := s.store.createQueue("alice", name); err != nil {
+		if _, _, err := s.store.createQueue(caller{user: "alice", now: s.store.now()}, name); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, _, err := s.store.createQueue("bob", "bobs"); err != nil {
+	if _, _, err := s.store.createQueue(caller{user: "bob", now: s.store.now()}, "bobs"); err != nil {
 		t.Fatal(err)
 	}
 

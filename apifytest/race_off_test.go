@@ -1,0 +1,5 @@
+//go:build !race
+
+package apifytest
+
+const raceEnabled = false
