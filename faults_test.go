@@ -470,11 +470,13 @@ func faultCases() []faultCase {
 			},
 			check: func(t *testing.T, err error) {
 				// The capped wait (30 s) outlasts the 2 s deadline: the call
-				// reports the 429 at once instead of sleeping into the deadline.
+				// reports the deadline at once, with the 429, instead of
+				// sleeping into the deadline.
 				var apiErr *APIError
 				require.ErrorAs(t, err, &apiErr)
 				assert.ErrorIs(t, err, ErrRateLimited)
-				assert.NotErrorIs(t, err, context.DeadlineExceeded)
+				assert.ErrorIs(t, err, context.DeadlineExceeded)
+				assert.Equal(t, 30*time.Second, min(apiErr.RetryAfter, DefaultRetryWaitMax))
 			},
 		},
 		{

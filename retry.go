@@ -30,7 +30,9 @@ type call struct {
 	attempts int            // attempts started so far
 	start    time.Time      // when the current attempt started (only kept for logging)
 	reason   string         // why the last attempt is being retried
+	wait     time.Duration  // the wait before the next attempt, drawn by checkRetry for backoff
 	last     *http.Response // the last retried response (body read), for a ctx that ends during the wait
+	lastErr  error          // or the last retried network failure, likewise
 }
 
 // calls recycles call structs. Each comes with its retryablehttp.Client and
@@ -59,19 +61,27 @@ func (c *Client) newCall(ctx context.Context, r apiRequest) *call {
 // release clears the call of everything it refers to and recycles it.
 func (cl *call) release() {
 	cl.c, cl.ctx, cl.req, cl.rc.HTTPClient = nil, nil, apiRequest{}, nil
-	cl.attempts, cl.start, cl.reason, cl.last = 0, time.Time{}, "", nil
+	cl.attempts, cl.start, cl.reason, cl.wait, cl.last, cl.lastErr = 0, time.Time{}, "", 0, nil, nil
 	calls.Put(cl)
 }
 
 // beforeAttempt is the RequestLogHook: retryablehttp calls it before every attempt.
 func (cl *call) beforeAttempt(_ retryablehttp.Logger, _ *http.Request, retry int) {
 	cl.attempts = retry + 1
+	// What the call was waiting to retry is history once it retries: a ctx
+	// that ends during this attempt ended this attempt, not the wait.
+	cl.last, cl.lastErr = nil, nil
 	if cl.c.logger != nil {
 		cl.start = time.Now()
 	}
 }
 
 // checkRetry is the CheckRetry hook: the retry policy of the Client.
+//
+// It draws the wait before the next attempt itself, here rather than in
+// backoff, so that the decision to give up before a wait that would outlast
+// the ctx's deadline is made on the wait actually taken. Otherwise the error
+// a caller gets at a deadline would depend on the random jitter.
 func (cl *call) checkRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
 	cl.logAttempt(resp, err)
 	reason := retryReason(resp, err, cl.req.idempotent)
@@ -81,23 +91,26 @@ func (cl *call) checkRetry(ctx context.Context, resp *http.Response, err error) 
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return false, ctxErr // never retry for a caller that has gone
 	}
-	cl.last = resp // decoded only if the ctx ends during the wait
+	cl.last, cl.lastErr = resp, err // reported only if the ctx ends (or would end) during the wait
 	if cl.attempts > cl.c.maxRetries {
 		return false, nil // no retries left: the last failure is the result
 	}
-	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < cl.c.shortestWait(resp) {
-		// The wait would outlast the caller's deadline: report the failure
-		// now rather than sleep into a bare context.DeadlineExceeded.
-		return false, nil
+	cl.wait = cl.c.retryWait(cl.attempts-1, resp)
+	if deadline, ok := ctx.Deadline(); ok && !time.Now().Add(cl.wait).Before(deadline) {
+		// The wait would end at or after the caller's deadline: give up
+		// now, exactly as if the ctx had ended during the wait (a
+		// *RequestError wrapping context.DeadlineExceeded and, when there
+		// was one, the last response's *APIError), without the sleep.
+		return false, context.DeadlineExceeded
 	}
 	cl.reason = reason
 	return true, nil
 }
 
-// backoff is the Backoff hook: it picks the wait before retry n (from 0) and
-// logs the retry.
-func (cl *call) backoff(_, _ time.Duration, n int, resp *http.Response) time.Duration {
-	wait := cl.c.retryWait(n, resp)
+// backoff is the Backoff hook: it returns the wait checkRetry drew for the
+// retry it allowed, and logs the retry.
+func (cl *call) backoff(_, _ time.Duration, _ int, _ *http.Response) time.Duration {
+	wait := cl.wait
 	if l := cl.c.logger; l != nil && l.Enabled(cl.ctx, slog.LevelWarn) {
 		l.LogAttrs(cl.ctx, slog.LevelWarn, "apify: retrying",
 			slog.String("method", cl.req.method),
@@ -157,8 +170,11 @@ func (cl *call) requestError(err error, resp *http.Response, body []byte) error 
 	case resp != nil && (resp.StatusCode < 200 || resp.StatusCode > 299):
 		re.Last = cl.apiError(resp, body)
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-		if cl.last != nil {
+		switch {
+		case cl.last != nil:
 			re.Last = cl.apiError(cl.last, responseBody(cl.last))
+		case cl.lastErr != nil:
+			re.lastErr = unwrapURLError(cl.lastErr)
 		}
 	}
 	return re
@@ -251,14 +267,6 @@ func (c *Client) retryWait(n int, resp *http.Response) time.Duration {
 		return c.waitMin
 	}
 	return c.waitMin + time.Duration(c.randN(int64(upper-c.waitMin)+1))
-}
-
-// shortestWait is the least retryWait can return for resp.
-func (c *Client) shortestWait(resp *http.Response) time.Duration {
-	if d, ok := retryAfterHint(resp); ok {
-		return min(max(d, c.waitMin), c.waitMax)
-	}
-	return c.waitMin
 }
 
 // retryAfterHint returns the Retry-After of a 429 or 503 response.

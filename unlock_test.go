@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -907,11 +908,11 @@ func TestContextBoundsTheWholeCall(t *testing.T) {
 			require.ErrorAs(t, err, &apiErr, "the response being retried stays reachable")
 			assert.Equal(t, 503, apiErr.StatusCode)
 			assert.Equal(t, reqErr.Last, apiErr)
-			assert.Equal(t, "apify: POST "+testPrefix+"/v2/request-queues/q/requests/unlock: context canceled", err.Error())
+			assert.Equal(t, "apify: POST "+testPrefix+"/v2/request-queues/q/requests/unlock: context canceled (last response 503 t503)", err.Error())
 		})
 	})
 
-	t.Run("deadline during a backoff wait", func(t *testing.T) {
+	t.Run("a wait that would outlast the deadline is not started", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			s := &scripted{replies: statuses(502, 502, 502)}
 			c := memClient(t, s)
@@ -920,28 +921,98 @@ func TestContextBoundsTheWholeCall(t *testing.T) {
 			defer cancel()
 			start := time.Now()
 			_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
-			assert.Equal(t, 2500*time.Millisecond, time.Since(start))
+			assert.Equal(t, time.Second, time.Since(start), "the 1s wait is taken; the 2s one, ending at 3s, is not")
 			assert.Equal(t, 2, s.attempts())
 			require.ErrorIs(t, err, context.DeadlineExceeded)
 			assert.ErrorIs(t, err, ErrServerError)
-			assert.Contains(t, err.Error(), "context deadline exceeded (after 2 attempts; last response 502 t502)")
+			var reqErr *RequestError
+			require.ErrorAs(t, err, &reqErr)
+			assert.Equal(t, context.DeadlineExceeded, reqErr.Err, "the same Err as a deadline passing during the wait")
+			assert.Equal(t, "apify: POST "+testPrefix+"/v2/request-queues/q/requests/unlock: context deadline exceeded (after 2 attempts; last response 502 t502)", err.Error())
 		})
 	})
 
-	t.Run("a wait that would outlast the deadline is not started", func(t *testing.T) {
+	t.Run("a Retry-After that would outlast the deadline", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			s := &scripted{replies: []reply{{status: 429, header: map[string]string{"Retry-After": "10"}}, ok(1)}}
+			s := &scripted{replies: []reply{{status: 429, header: map[string]string{"Retry-After": "10"},
+				body: `{"error":{"type":"rate-limit-exceeded","message":"slow down"}}`}, ok(1)}}
 			c := memClient(t, s)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			start := time.Now()
 			_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
 			assert.Zero(t, time.Since(start), "returns at once with the API's answer")
+			assert.Equal(t, 1, s.attempts())
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			assert.ErrorIs(t, err, ErrRateLimited)
+			var timeout interface{ Timeout() bool }
+			require.ErrorAs(t, err, &timeout)
+			assert.True(t, timeout.Timeout())
 			var apiErr *APIError
 			require.ErrorAs(t, err, &apiErr)
-			assert.Equal(t, 429, apiErr.StatusCode)
-			assert.Equal(t, 10*time.Second, apiErr.RetryAfter)
-			assert.Equal(t, 1, s.attempts())
+			assert.Equal(t, &APIError{StatusCode: 429, Type: "rate-limit-exceeded", Message: "slow down", Method: "POST",
+				Path: testPrefix + "/v2/request-queues/q/requests/unlock", Attempts: 1, RetryAfter: 10 * time.Second}, apiErr)
+			assert.Equal(t, "apify: POST "+testPrefix+"/v2/request-queues/q/requests/unlock: context deadline exceeded (last response 429 rate-limit-exceeded)", err.Error())
+		})
+	})
+
+	t.Run("a wait that ends exactly at the deadline is not started", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			s := &scripted{replies: []reply{{status: 503, header: map[string]string{"Retry-After": "2"}}, ok(1)}}
+			c := memClient(t, s)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
+			assert.Equal(t, 1, s.attempts(), "an attempt at the deadline could not succeed")
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			assert.ErrorIs(t, err, ErrServerError)
+		})
+	})
+
+	t.Run("a wait that ends before the deadline is taken", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			s := &scripted{replies: []reply{{status: 429, header: map[string]string{"Retry-After": "2"}}, ok(4)}}
+			c := memClient(t, s)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second+time.Millisecond)
+			defer cancel()
+			res, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
+			require.NoError(t, err)
+			assert.Equal(t, 4, res.UnlockedCount)
+			assert.Equal(t, []time.Duration{2 * time.Second}, s.waits())
+		})
+	})
+
+	t.Run("a network failure is kept when the deadline cuts the retries short", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			var calls atomic.Int32
+			c := rtClient(t, rtFunc(func(*http.Request) (*http.Response, error) {
+				calls.Add(1)
+				return nil, netErr("dial", syscall.ECONNREFUSED)
+			}))
+			c.randN = func(n int64) int64 { return n - 1 } // first wait: 1s
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
+			assert.Equal(t, int32(1), calls.Load())
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			assert.ErrorIs(t, err, syscall.ECONNREFUSED, "the cause is not lost")
+			var apiErr *APIError
+			assert.False(t, errors.As(err, &apiErr))
+			assert.Equal(t, "apify: POST "+testPrefix+"/v2/request-queues/q/requests/unlock: context deadline exceeded (last error: dial tcp: dial: connection refused)", err.Error())
+		})
+	})
+
+	t.Run("no retries left: the answer itself, not a deadline", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			s := &scripted{replies: []reply{{status: 429, header: map[string]string{"Retry-After": "10"}}}}
+			c := memClient(t, s, WithMaxRetries(0))
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
+			var apiErr *APIError
+			require.ErrorAs(t, err, &apiErr)
+			assert.Same(t, apiErr, err, "a bare *APIError: no wait was ever going to happen")
+			assert.NotErrorIs(t, err, context.DeadlineExceeded)
 		})
 	})
 
@@ -975,6 +1046,69 @@ func TestContextBoundsTheWholeCall(t *testing.T) {
 			assert.Equal(t, 9, res.UnlockedCount)
 		})
 	})
+}
+
+// TestDeadlineErrorShapeNeverDependsOnJitter replays the same failing call
+// under 200 seeds of the backoff jitter. The jitter changes how many
+// attempts fit before the deadline, never the shape of the error: always a
+// *RequestError wrapping context.DeadlineExceeded and the last response's
+// *APIError, returned without sleeping into the deadline.
+func TestDeadlineErrorShapeNeverDependsOnJitter(t *testing.T) {
+	tests := []struct {
+		name     string
+		replies  []reply
+		opts     []Option
+		timeout  time.Duration
+		status   int
+		attempts []int // the attempt counts the seeds must produce between them
+	}{
+		{"503s, waits 1s to 10s, a 1.5s deadline", statuses(503), []Option{WithRetryWait(time.Second, 10*time.Second)},
+			1500 * time.Millisecond, 503, []int{1, 2}},
+		{"502s, default waits, a 3s deadline", statuses(502), nil, 3 * time.Second, 502, []int{3, 4}},
+		{"429s, 10 retries of 100ms to 1s, a 2s deadline", statuses(429), []Option{WithRetryWait(100*time.Millisecond, time.Second), WithMaxRetries(10)},
+			2 * time.Second, 429, []int{4, 5, 6, 7}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			seen := map[int]int{} // attempts -> seeds
+			for seed := range uint64(200) {
+				synctest.Test(t, func(t *testing.T) {
+					s := &scripted{replies: tt.replies}
+					c := memClient(t, s, tt.opts...)
+					c.randN = rand.New(rand.NewPCG(seed, 9)).Int64N // the only way to seed the jitter
+					ctx, cancel := context.WithTimeout(context.Background(), tt.timeout)
+					defer cancel()
+					start := time.Now()
+					_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
+					elapsed := time.Since(start)
+
+					n := s.attempts()
+					seen[n]++
+					var sum time.Duration
+					for _, w := range s.waits() {
+						sum += w
+					}
+					require.ErrorIs(t, err, context.DeadlineExceeded, "seed %d", seed)
+					var reqErr *RequestError
+					require.ErrorAs(t, err, &reqErr, "seed %d", seed)
+					assert.Equal(t, context.DeadlineExceeded, reqErr.Err, "seed %d", seed)
+					assert.Equal(t, n, reqErr.Attempts, "seed %d", seed)
+					var apiErr *APIError
+					require.ErrorAs(t, err, &apiErr, "seed %d", seed)
+					assert.Same(t, reqErr.Last, apiErr, "seed %d", seed)
+					assert.Equal(t, tt.status, apiErr.StatusCode, "seed %d", seed)
+					assert.Equal(t, fmt.Sprintf("t%d", tt.status), apiErr.Type, "seed %d", seed)
+					assert.Equal(t, n, apiErr.Attempts, "seed %d", seed)
+					assert.Less(t, elapsed, tt.timeout, "seed %d: returned before the deadline, not at it", seed)
+					assert.Equal(t, sum, elapsed, "seed %d: no time passed but the waits taken", seed)
+				})
+			}
+			t.Logf("attempts -> seeds: %v", seen)
+			for _, n := range tt.attempts {
+				assert.Positive(t, seen[n], "some seed made %d attempts: the jitter did vary", n)
+			}
+		})
+	}
 }
 
 func TestAttemptTimeout(t *testing.T) {
