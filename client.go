@@ -151,6 +151,10 @@ func WithMaxRetries(n int) Option {
 // retry n (from 0) is drawn at random from [min, min·2^(n+1)], capped at max;
 // a Retry-After header on a 429 or 503 replaces it, clamped to [min, max].
 // The defaults are [DefaultRetryWaitMin] and [DefaultRetryWaitMax].
+//
+// WithRetryWait(0, 0) retries without waiting. A zero min with a positive max
+// is an error: the backoff doubles min, so every wait would be zero and max
+// would mean nothing.
 func WithRetryWait(min, max time.Duration) Option {
 	return func(s *settings) error {
 		if min < 0 || max < 0 {
@@ -158,6 +162,9 @@ func WithRetryWait(min, max time.Duration) Option {
 		}
 		if min > max {
 			return fmt.Errorf("WithRetryWait: min %v is greater than max %v", min, max)
+		}
+		if min == 0 && max > 0 {
+			return fmt.Errorf("WithRetryWait: min is 0 with max %v: the backoff doubles min, so every wait would be 0; give a positive min, or max 0 to retry without waiting", max)
 		}
 		s.waitMin, s.waitMax = min, max
 		return nil

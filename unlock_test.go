@@ -63,6 +63,7 @@ func TestNewClientRejectsBadOptions(t *testing.T) {
 		{"negative retries", []Option{WithMaxRetries(-1)}, []string{"WithMaxRetries", "-1 is negative"}},
 		{"min wait above max", []Option{WithRetryWait(2*time.Second, time.Second)}, []string{"WithRetryWait", "min 2s is greater than max 1s"}},
 		{"negative wait", []Option{WithRetryWait(-time.Second, time.Second)}, []string{"WithRetryWait", "negative"}},
+		{"zero min wait with a positive max", []Option{WithRetryWait(0, 30*time.Second)}, []string{"WithRetryWait", "min is 0 with max 30s", "every wait would be 0"}},
 		{"zero timeout", []Option{WithTimeout(0)}, []string{"WithTimeout", "0s is not positive"}},
 		{"negative timeout", []Option{WithTimeout(-time.Second)}, []string{"WithTimeout", "-1s is not positive"}},
 		{"ftp base URL", []Option{WithBaseURL("ftp://h")}, []string{"WithBaseURL", `"ftp://h" is not an absolute http or https URL`}},
