@@ -402,7 +402,8 @@ type apiRequest struct {
 	body   []byte // JSON, or nil for no body
 	// idempotent says a repeat does no harm, so the call is retried after any
 	// transient failure. Otherwise it is retried only when the request cannot
-	// have been processed (429, or the connection could not be made).
+	// have been processed (429, or it never left: no connection could be
+	// made, or the TLS handshake timed out).
 	idempotent bool
 }
 
@@ -463,6 +464,14 @@ func (c *Client) do(ctx context.Context, r apiRequest) (apiResponse, error) {
 	if r.body != nil {
 		h["Content-Type"] = jsonMediaType
 	}
+	cl := c.newCall(ctx, r)
+	defer cl.release()
+	reqCtx := ctx
+	if !r.idempotent {
+		// Only net/http can tell a request that never left, safe to retry,
+		// from one the API may have acted on.
+		reqCtx = cl.traced(ctx)
+	}
 	hreq := (&http.Request{
 		Method:     r.method,
 		URL:        u,
@@ -471,10 +480,8 @@ func (c *Client) do(ctx context.Context, r apiRequest) (apiResponse, error) {
 		ProtoMinor: 1,
 		Header:     h,
 		Host:       c.host,
-	}).WithContext(ctx)
+	}).WithContext(reqCtx)
 
-	cl := c.newCall(ctx, r)
-	defer cl.release()
 	rreq := &retryablehttp.Request{Request: hreq}
 	if r.body != nil {
 		// retryablehttp replays a []byte body on every attempt.

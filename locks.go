@@ -88,9 +88,10 @@ type LockedRequest struct {
 // holder deletes it, marks the request handled, or calls UnlockRequests), no
 // other client sees the request.
 //
-// It is retried only when the API cannot have taken the locks (a 429, or no
-// connection could be made): after a lost response a blind retry would lock
-// a second batch, and the first would sit unseen until its locks expired.
+// It is retried only when the API cannot have taken the locks (a 429, or
+// the request never left: no connection could be made, or its TLS handshake
+// timed out): after a lost response a blind retry would lock a second
+// batch, and the first would sit unseen until its locks expired.
 //
 // It calls POST /v2/request-queues/{queueId}/head/lock.
 func (q *RequestQueueClient) ListAndLockHead(ctx context.Context, opts LockHeadOptions) (*LockedHead, error) {
