@@ -174,4 +174,3 @@ func TestTimeoutsOfAnotherTransport(t *testing.T) {
 		})
 	}
 }
-
