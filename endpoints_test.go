@@ -178,21 +178,21 @@ func TestEveryEndpointErrorPaths(t *testing.T) {
 
 			t.Run("retried after 503 only when safe", func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
-					s := &scripted{replies: []reply{{status: 503}, {status: ec.status, body: ec.reply}}}
+					s := &fakeAPI{replies: []reply{{status: 503}, {status: ec.status, body: ec.reply}}}
 					err := ec.call(context.Background(), memClient(t, s).RequestQueue("q"))
 					if ec.idempotent {
 						require.NoError(t, err)
-						assert.Equal(t, 2, s.attempts())
+						assert.Equal(t, 2, s.hits())
 					} else {
 						assert.ErrorIs(t, err, ErrServerError)
-						assert.Equal(t, 1, s.attempts(), "a lost answer must not take a second batch of locks")
+						assert.Equal(t, 1, s.hits(), "a lost answer must not take a second batch of locks")
 					}
 				})
 			})
 
 			t.Run("always retried after 429", func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
-					s := &scripted{replies: []reply{{status: 429, header: map[string]string{"Retry-After": "1"}}, {status: ec.status, body: ec.reply}}}
+					s := &fakeAPI{replies: []reply{{status: 429, header: map[string]string{"Retry-After": "1"}}, {status: ec.status, body: ec.reply}}}
 					require.NoError(t, ec.call(context.Background(), memClient(t, s).RequestQueue("q")))
 					assert.Equal(t, []time.Duration{time.Second}, s.waits())
 				})
@@ -201,7 +201,7 @@ func TestEveryEndpointErrorPaths(t *testing.T) {
 			t.Run("always retried when no connection could be made", func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
 					var calls atomic.Int32
-					s := &scripted{replies: []reply{{status: ec.status, body: ec.reply}}}
+					s := &fakeAPI{replies: []reply{{status: ec.status, body: ec.reply}}}
 					c := rtClient(t, rtFunc(func(r *http.Request) (*http.Response, error) {
 						if calls.Add(1) == 1 {
 							return nil, netErr("dial", syscall.ECONNREFUSED)
@@ -216,7 +216,7 @@ func TestEveryEndpointErrorPaths(t *testing.T) {
 			t.Run("reset after sending is retried only when safe", func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
 					var calls atomic.Int32
-					s := &scripted{replies: []reply{{status: ec.status, body: ec.reply}}}
+					s := &fakeAPI{replies: []reply{{status: ec.status, body: ec.reply}}}
 					c := rtClient(t, rtFunc(func(r *http.Request) (*http.Response, error) {
 						if calls.Add(1) == 1 {
 							return nil, netErr("read", syscall.ECONNRESET)
@@ -564,7 +564,7 @@ func TestListHead(t *testing.T) {
 	assert.Contains(t, err.Error(), "ListHeadOptions.Limit is -1")
 	assert.Equal(t, 1, f.hits())
 
-	f.replies = []reply{{status: 200, body: `{"data":{"limit":1}}`}}
+	f.script(reply{status: 200, body: `{"data":{"limit":1}}`})
 	_, err = q.ListHead(context.Background(), ListHeadOptions{})
 	assert.ErrorIs(t, err, ErrUnexpectedResponse)
 }

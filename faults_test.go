@@ -179,11 +179,7 @@ func write(conn *net.TCPConn, s string) bool {
 // keep-alive connection (and its two goroutines) outlives the test.
 func closeIdle(t *testing.T, c *Client) {
 	t.Helper()
-	t.Cleanup(func() {
-		if tr, ok := c.hc.Transport.(*attemptTransport).base.(interface{ CloseIdleConnections() }); ok {
-			tr.CloseIdleConnections()
-		}
-	})
+	t.Cleanup(c.CloseIdleConnections)
 }
 
 // noLeaks checks, after every other cleanup of the test, that the test left
