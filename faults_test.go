@@ -50,7 +50,7 @@ import (
 //	HTML 502                          APIError 502, ErrServerError        3         ~50 ms   60 KiB
 //	302, Location does not parse      APIError 302, ErrUnexpectedResponse 1         ~2 ms    30 KiB
 //	Retry-After: 999999               APIError 429, ErrRateLimited        3         ~105 ms  54 KiB
-//	Retry-After: 999999, default wait APIError 429, ErrRateLimited        1         ~2 ms    29 KiB
+//	Retry-After: 999999, default wait DeadlineExceeded + APIError 429     1         ~2 ms    29 KiB
 //	429 storm, 16 callers at once     APIError 429, ErrRateLimited        3 each    ~150 ms  0.7 MiB (all 16)
 //	accepts, never answers            RequestError, ErrAttemptTimeout     3         ~945 ms  69 KiB
 //	never answers, ctx 500 ms         RequestError, DeadlineExceeded      2         ~500 ms  46 KiB
