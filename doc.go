@@ -35,10 +35,15 @@
 //
 // # Safe to retry
 //
-// Calls are retried after 429, 500, 502, 503, 504 and network failures, with
-// exponential backoff and full jitter ([DefaultRetryWaitMin] doubling up to
-// [DefaultRetryWaitMax]), honouring Retry-After on 429 and 503 within the same
-// bounds. 501 and other 4xx are never retried. Redirects are never followed.
+// Calls are retried after 429, 500, 502, 503, 504 and network failures
+// (timeouts included), with exponential backoff and full jitter
+// ([DefaultRetryWaitMin] doubling up to [DefaultRetryWaitMax]), honouring
+// Retry-After on 429 and 503 within the same bounds. A call that must not be
+// repeated once the API may have acted on it
+// ([RequestQueueClient.ListAndLockHead]) is retried after a 429 and after a
+// network failure only when its request never left (a failed connect, a TLS
+// handshake timeout). 501 and other 4xx are never retried. Redirects are
+// never followed.
 //
 // # Errors to act on
 //
