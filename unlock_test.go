@@ -981,6 +981,27 @@ func TestContextBoundsTheWholeCall(t *testing.T) {
 		})
 	})
 
+	t.Run("a deadline during a retry forgets the failure retried", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			var calls atomic.Int32
+			c := memClient(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if calls.Add(1) == 1 {
+					w.WriteHeader(http.StatusServiceUnavailable)
+					return
+				}
+				blockUntilDone(w, r) // the retry hangs until the deadline
+			}))
+			c.randN = func(int64) int64 { return 0 } // a 500ms wait
+			ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+			defer cancel()
+			_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			var apiErr *APIError
+			assert.False(t, errors.As(err, &apiErr), "the 503 is not what ended the call: the hanging retry is")
+			assert.Equal(t, "apify: POST "+testPrefix+"/v2/request-queues/q/requests/unlock: context deadline exceeded (after 2 attempts)", err.Error())
+		})
+	})
+
 	t.Run("no retries left: the answer itself, not a deadline", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			s := &fakeAPI{replies: []reply{{status: 429, header: map[string]string{"Retry-After": "10"}}}}
