@@ -47,7 +47,7 @@ func TestSimulatedSharedQueue(t *testing.T) {
 	// queue and shorter locks, which keep every property checked below
 	// (the leavers still hold locks when they leave, and other consumers
 	// are still working when the stranded locks expire).
-	requests, lockFor := 1000, 2*time.Minute
+	requests, lockFor := 600, time.Minute
 	if full, _ := apify.LongMode(t, 0, 0); full {
 		requests, lockFor = 5000, 10*time.Minute
 	}
