@@ -71,7 +71,12 @@ func TestSimulatedSharedQueue(t *testing.T) {
 				seed[i] = apifytest.Request{URL: fmt.Sprintf("https://shop.test/item/%d", i)}
 			}
 			srv.AddRequests(queueID, seed...)
-			q := srv.Client().RequestQueue(queueID)
+			c := srv.Client()
+			// Empty the pool before the server closes: a connection the
+			// concurrent consumers dialled but never used is, to
+			// http.Server.Shutdown, a new one it waits 5 s for.
+			t.Cleanup(c.CloseIdleConnections)
+			q := c.RequestQueue(queueID)
 			ctx := context.Background()
 
 			leaving := map[int]string{}
