@@ -90,7 +90,7 @@ func BenchmarkUnlock(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.hc.Transport.(*attemptTransport).base.(*http.Transport).CloseIdleConnections()
+	defer c.CloseIdleConnections()
 	q := c.RequestQueue("q")
 	sdk := func(ctx context.Context) (int, error) {
 		res, err := q.UnlockRequests(ctx, "k")

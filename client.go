@@ -151,6 +151,10 @@ func WithMaxRetries(n int) Option {
 // retry n (from 0) is drawn at random from [min, min·2^(n+1)], capped at max;
 // a Retry-After header on a 429 or 503 replaces it, clamped to [min, max].
 // The defaults are [DefaultRetryWaitMin] and [DefaultRetryWaitMax].
+//
+// WithRetryWait(0, 0) retries without waiting. A zero min with a positive max
+// is an error: the backoff doubles min, so every wait would be zero and max
+// would mean nothing.
 func WithRetryWait(min, max time.Duration) Option {
 	return func(s *settings) error {
 		if min < 0 || max < 0 {
@@ -158,6 +162,9 @@ func WithRetryWait(min, max time.Duration) Option {
 		}
 		if min > max {
 			return fmt.Errorf("WithRetryWait: min %v is greater than max %v", min, max)
+		}
+		if min == 0 && max > 0 {
+			return fmt.Errorf("WithRetryWait: min is 0 with max %v: the backoff doubles min, so every wait would be 0; give a positive min, or max 0 to retry without waiting", max)
 		}
 		s.waitMin, s.waitMax = min, max
 		return nil
@@ -395,7 +402,8 @@ type apiRequest struct {
 	body   []byte // JSON, or nil for no body
 	// idempotent says a repeat does no harm, so the call is retried after any
 	// transient failure. Otherwise it is retried only when the request cannot
-	// have been processed (429, or the connection could not be made).
+	// have been processed (429, or it never left: no connection could be
+	// made, or the TLS handshake timed out).
 	idempotent bool
 }
 
@@ -456,6 +464,14 @@ func (c *Client) do(ctx context.Context, r apiRequest) (apiResponse, error) {
 	if r.body != nil {
 		h["Content-Type"] = jsonMediaType
 	}
+	cl := c.newCall(ctx, r)
+	defer cl.release()
+	reqCtx := ctx
+	if !r.idempotent {
+		// Only net/http can tell a request that never left, safe to retry,
+		// from one the API may have acted on.
+		reqCtx = cl.traced(ctx)
+	}
 	hreq := (&http.Request{
 		Method:     r.method,
 		URL:        u,
@@ -464,10 +480,8 @@ func (c *Client) do(ctx context.Context, r apiRequest) (apiResponse, error) {
 		ProtoMinor: 1,
 		Header:     h,
 		Host:       c.host,
-	}).WithContext(ctx)
+	}).WithContext(reqCtx)
 
-	cl := c.newCall(ctx, r)
-	defer cl.release()
 	rreq := &retryablehttp.Request{Request: hreq}
 	if r.body != nil {
 		// retryablehttp replays a []byte body on every attempt.

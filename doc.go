@@ -35,15 +35,25 @@
 //
 // Each attempt is bounded by [WithTimeout] (30 s by default), reading the
 // body included; the context bounds the whole call, retries and waits
-// included. A wait that would outlast the context's deadline is not started:
-// the call returns the API's last answer at once instead.
+// included. The wait before a retry is drawn first, jitter and Retry-After
+// included; one that would end at or after the context's deadline is not
+// started. The call returns at once the error it would have returned had the
+// deadline passed during the wait: a [*RequestError] matching
+// context.DeadlineExceeded that also holds the API's last answer, so that
+// errors.As(err, &apiErr) gives its status, type, Retry-After and attempts.
+// The shape of the error never depends on the jitter.
 //
 // # Safe to retry
 //
-// Calls are retried after 429, 500, 502, 503, 504 and network failures, with
-// exponential backoff and full jitter ([DefaultRetryWaitMin] doubling up to
-// [DefaultRetryWaitMax]), honouring Retry-After on 429 and 503 within the same
-// bounds. 501 and other 4xx are never retried. Redirects are never followed.
+// Calls are retried after 429, 500, 502, 503, 504 and network failures
+// (timeouts included), with exponential backoff and full jitter
+// ([DefaultRetryWaitMin] doubling up to [DefaultRetryWaitMax]), honouring
+// Retry-After on 429 and 503 within the same bounds. A call that must not be
+// repeated once the API may have acted on it
+// ([RequestQueueClient.ListAndLockHead]) is retried after a 429 and after a
+// network failure only when its request never left (a failed connect, a TLS
+// handshake timeout). 501 and other 4xx are never retried. Redirects are
+// never followed.
 //
 // # Errors to act on
 //
@@ -51,7 +61,8 @@
 // message, attempts made, Retry-After); errors.Is maps it to [ErrNotFound],
 // [ErrRateLimited] and the other sentinels. A call that got no usable response
 // is a [*RequestError] wrapping its cause, so errors.Is(err,
-// context.DeadlineExceeded) works. Bad arguments are rejected before any I/O
+// context.DeadlineExceeded) works; when the context ended (or would have)
+// before a retry, it wraps the response being retried too. Bad arguments are rejected before any I/O
 // with errors wrapping [ErrInvalidQueueID] or [ErrInvalidClientKey].
 //
 // The library prints nothing by itself; see [WithLogger].

@@ -3,6 +3,7 @@ package apify_test
 import (
 	"context"
 	"encoding/json"
+	"strconv"
 	"testing"
 	"time"
 
@@ -144,4 +145,35 @@ func TestUnlockInsideAnActorRun(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 3, res.UnlockedCount, "the run's locks, whatever their clientKey")
 	assert.Empty(t, srv.Locked(queueID))
+}
+
+// Lock options left at zero but for the clientKey, and the longest lock the
+// client allows, are what the emulator accepts: a default batch of 25
+// locked for 60 s, and a lock of MaxLockDuration (apifytest's MaxLockSecs).
+func TestLockDefaultsAndLimitsAgainstTheEmulator(t *testing.T) {
+	start := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	clock := apifytest.NewManualClock(start)
+	srv := apifytest.Start(t, apifytest.WithClock(clock))
+	queueID := srv.CreateQueue("defaults")
+	seed := make([]apifytest.Request, 30)
+	for i := range seed {
+		seed[i] = apifytest.Request{URL: "https://d.test/" + strconv.Itoa(i)}
+	}
+	srv.AddRequests(queueID, seed...)
+	q := srv.Client().RequestQueue(queueID)
+	ctx := context.Background()
+
+	head, err := q.ListAndLockHead(ctx, apify.LockHeadOptions{ClientKey: "k"})
+	require.NoError(t, err)
+	assert.Len(t, head.Items, apify.DefaultLockHeadLimit)
+	assert.Equal(t, apify.DefaultLockDuration, head.LockDuration)
+	assert.Equal(t, start.Add(apify.DefaultLockDuration), head.Items[0].LockExpiresAt)
+
+	exp, err := q.ProlongRequestLock(ctx, head.Items[0].ID, apify.ProlongLockOptions{LockDuration: apify.MaxLockDuration, ClientKey: "k"})
+	require.NoError(t, err)
+	assert.Equal(t, start.Add(apify.MaxLockDuration), exp)
+	assert.Equal(t, apify.MaxLockDuration, time.Duration(apifytest.MaxLockSecs)*time.Second, "the client's limit is the emulator's")
+	exp, err = q.ProlongRequestLock(ctx, head.Items[1].ID, apify.ProlongLockOptions{ClientKey: "k"})
+	require.NoError(t, err)
+	assert.Equal(t, start.Add(apify.DefaultLockDuration), exp)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -177,21 +178,21 @@ func TestEveryEndpointErrorPaths(t *testing.T) {
 
 			t.Run("retried after 503 only when safe", func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
-					s := &scripted{replies: []reply{{status: 503}, {status: ec.status, body: ec.reply}}}
+					s := &fakeAPI{replies: []reply{{status: 503}, {status: ec.status, body: ec.reply}}}
 					err := ec.call(context.Background(), memClient(t, s).RequestQueue("q"))
 					if ec.idempotent {
 						require.NoError(t, err)
-						assert.Equal(t, 2, s.attempts())
+						assert.Equal(t, 2, s.hits())
 					} else {
 						assert.ErrorIs(t, err, ErrServerError)
-						assert.Equal(t, 1, s.attempts(), "a lost answer must not take a second batch of locks")
+						assert.Equal(t, 1, s.hits(), "a lost answer must not take a second batch of locks")
 					}
 				})
 			})
 
 			t.Run("always retried after 429", func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
-					s := &scripted{replies: []reply{{status: 429, header: map[string]string{"Retry-After": "1"}}, {status: ec.status, body: ec.reply}}}
+					s := &fakeAPI{replies: []reply{{status: 429, header: map[string]string{"Retry-After": "1"}}, {status: ec.status, body: ec.reply}}}
 					require.NoError(t, ec.call(context.Background(), memClient(t, s).RequestQueue("q")))
 					assert.Equal(t, []time.Duration{time.Second}, s.waits())
 				})
@@ -200,7 +201,7 @@ func TestEveryEndpointErrorPaths(t *testing.T) {
 			t.Run("always retried when no connection could be made", func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
 					var calls atomic.Int32
-					s := &scripted{replies: []reply{{status: ec.status, body: ec.reply}}}
+					s := &fakeAPI{replies: []reply{{status: ec.status, body: ec.reply}}}
 					c := rtClient(t, rtFunc(func(r *http.Request) (*http.Response, error) {
 						if calls.Add(1) == 1 {
 							return nil, netErr("dial", syscall.ECONNREFUSED)
@@ -215,7 +216,7 @@ func TestEveryEndpointErrorPaths(t *testing.T) {
 			t.Run("reset after sending is retried only when safe", func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
 					var calls atomic.Int32
-					s := &scripted{replies: []reply{{status: ec.status, body: ec.reply}}}
+					s := &fakeAPI{replies: []reply{{status: ec.status, body: ec.reply}}}
 					c := rtClient(t, rtFunc(func(r *http.Request) (*http.Response, error) {
 						if calls.Add(1) == 1 {
 							return nil, netErr("read", syscall.ECONNRESET)
@@ -269,9 +270,19 @@ func TestListAndLockHead(t *testing.T) {
 		assert.True(t, head.HadMultipleClients)
 	})
 
+	t.Run("the zero value means the documented defaults", func(t *testing.T) {
+		f, c, _ := setup(t, []reply{{status: 201, body: `{"data":{"items":[]}}`}})
+		_, err := c.RequestQueue("q").ListAndLockHead(context.Background(), LockHeadOptions{})
+		require.NoError(t, err)
+		assert.Equal(t, testPrefix+"/v2/request-queues/q/head/lock?limit=25&lockSecs=60", f.requests()[0].RequestURI)
+		assert.Equal(t, 25, DefaultLockHeadLimit)
+		assert.Equal(t, time.Minute, DefaultLockDuration)
+	})
+
 	t.Run("lock durations are whole seconds, rounded up", func(t *testing.T) {
 		for d, want := range map[time.Duration]string{
 			time.Nanosecond: "1", time.Second: "1", 1500 * time.Millisecond: "2", time.Hour: "3600",
+			MaxLockDuration - time.Nanosecond: "86400", MaxLockDuration: "86400",
 		} {
 			f, c, _ := setup(t, []reply{{status: 201, body: `{"data":{"items":[]}}`}})
 			_, err := c.RequestQueue("q").ListAndLockHead(context.Background(), LockHeadOptions{Limit: 1, LockDuration: d})
@@ -302,10 +313,11 @@ func TestListAndLockHead(t *testing.T) {
 			want error
 			msg  string
 		}{
-			{LockHeadOptions{Limit: 0, LockDuration: time.Second}, ErrInvalidInput, "LockHeadOptions.Limit is 0; it must be 1 to 25"},
+			{LockHeadOptions{Limit: -1, LockDuration: time.Second}, ErrInvalidInput, "LockHeadOptions.Limit is -1; it must be 1 to 25 (or 0 for 25)"},
 			{LockHeadOptions{Limit: 26, LockDuration: time.Second}, ErrInvalidInput, "LockHeadOptions.Limit is 26; it must be 1 to 25"},
-			{LockHeadOptions{Limit: 1}, ErrInvalidInput, "LockHeadOptions.LockDuration is 0s; it must be positive"},
-			{LockHeadOptions{Limit: 1, LockDuration: -time.Second}, ErrInvalidInput, "LockHeadOptions.LockDuration is -1s; it must be positive"},
+			{LockHeadOptions{Limit: 1, LockDuration: -time.Second}, ErrInvalidInput, "LockHeadOptions.LockDuration is -1s; it must not be negative (0 means 1m0s)"},
+			{LockHeadOptions{Limit: 1, LockDuration: time.Duration(math.MaxInt64)}, ErrInvalidInput, "LockHeadOptions.LockDuration is 2562047h47m16.854775807s; it must be at most 24h0m0s"},
+			{LockHeadOptions{Limit: 1, LockDuration: MaxLockDuration + time.Nanosecond}, ErrInvalidInput, "it must be at most 24h0m0s"},
 			{LockHeadOptions{Limit: 1, LockDuration: time.Second, ClientKey: strings.Repeat("k", 33)}, ErrInvalidClientKey, "33 characters"},
 		} {
 			_, err := q.ListAndLockHead(context.Background(), tt.opts)
@@ -322,6 +334,13 @@ func TestProlongAndDeleteRequestLock(t *testing.T) {
 		exp, err := c.RequestQueue("q").ProlongRequestLock(context.Background(), "r1", ProlongLockOptions{LockDuration: time.Minute, ClientKey: "ck"})
 		require.NoError(t, err)
 		assert.Equal(t, time.Date(2026, 11, 29, 10, 2, 0, 5e8, time.UTC), exp)
+	})
+
+	t.Run("prolong's zero value means the default lock time", func(t *testing.T) {
+		f, c, _ := setup(t, []reply{{status: 200, body: `{"data":{"lockExpiresAt":"2026-11-29T10:02:00Z"}}`}})
+		_, err := c.RequestQueue("q").ProlongRequestLock(context.Background(), "r1", ProlongLockOptions{})
+		require.NoError(t, err)
+		assert.Equal(t, testPrefix+"/v2/request-queues/q/requests/r1/lock?lockSecs=60", f.requests()[0].RequestURI)
 	})
 
 	t.Run("prolong needs an expiry back", func(t *testing.T) {
@@ -347,9 +366,13 @@ func TestProlongAndDeleteRequestLock(t *testing.T) {
 				return err
 			}(), ErrInvalidInput, "dot segment"},
 			{func() error {
-				_, err := q.ProlongRequestLock(context.Background(), "r1", ProlongLockOptions{})
+				_, err := q.ProlongRequestLock(context.Background(), "r1", ProlongLockOptions{LockDuration: -time.Nanosecond})
 				return err
-			}(), ErrInvalidInput, "ProlongLockOptions.LockDuration is 0s"},
+			}(), ErrInvalidInput, "ProlongLockOptions.LockDuration is -1ns; it must not be negative"},
+			{func() error {
+				_, err := q.ProlongRequestLock(context.Background(), "r1", ProlongLockOptions{LockDuration: time.Duration(math.MaxInt64)})
+				return err
+			}(), ErrInvalidInput, "ProlongLockOptions.LockDuration is 2562047h47m16.854775807s; it must be at most 24h0m0s"},
 			{q.DeleteRequestLock(context.Background(), "r\n1", DeleteLockOptions{}), ErrInvalidInput, "control character (U+000A) at byte 1"},
 			{q.DeleteRequestLock(context.Background(), "r1", DeleteLockOptions{ClientKey: "k\x00"}), ErrInvalidClientKey, "control character"},
 		} {
@@ -510,7 +533,7 @@ func TestListHead(t *testing.T) {
 	assert.Contains(t, err.Error(), "ListHeadOptions.Limit is -1")
 	assert.Equal(t, 1, f.hits())
 
-	f.replies = []reply{{status: 200, body: `{"data":{"limit":1}}`}}
+	f.script(reply{status: 200, body: `{"data":{"limit":1}}`})
 	_, err = q.ListHead(context.Background(), ListHeadOptions{})
 	assert.ErrorIs(t, err, ErrUnexpectedResponse)
 }

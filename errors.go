@@ -28,7 +28,12 @@ var (
 	ErrForbidden = errors.New("forbidden")
 	// ErrNotFound matches a 404 response: no such queue or request.
 	ErrNotFound = errors.New("not found")
-	// ErrRateLimited matches a 429 response that was still rate limited after all retries.
+	// ErrRateLimited matches a 429 response: the last answer when the
+	// retries ran out, or the one that was to be retried when the context
+	// ended, or would have ended, before the next attempt (its Retry-After,
+	// clamped to the retry waits, outlasting the deadline). In the second
+	// case the error is a *RequestError that also matches
+	// context.DeadlineExceeded (or context.Canceled).
 	ErrRateLimited = errors.New("rate limited")
 	// ErrServerError matches any 5xx response.
 	ErrServerError = errors.New("server error")
@@ -127,17 +132,30 @@ func (e *APIError) Temporary() bool { return retryableStatus(e.StatusCode) }
 
 // RequestError reports a call that ended without a response to act on: the
 // network failed, every attempt timed out, or the context ended. Err is the
-// cause, so errors.Is(err, context.DeadlineExceeded) and friends work. When
-// the context ended while the call waited to retry a failed response, Last is
-// that response's error, reachable with errors.As too.
+// cause, so errors.Is(err, context.DeadlineExceeded) and friends work.
+//
+// A call whose next retry would have to wait past the context's deadline does
+// not sleep into it: it returns at once, with Err set to
+// context.DeadlineExceeded, just as if the deadline had passed during the
+// wait. Then, and when the context ended during a wait, Last is the *APIError
+// of the response that was to be retried (nil after a network failure), so
+// one error satisfies both errors.Is(err, context.DeadlineExceeded) and
+// errors.As(err, &apiErr), with the status, Type, RetryAfter and Attempts of
+// the last response. When the failure being retried was a network error
+// instead, that error is in the chain (errors.Is(err, syscall.ECONNREFUSED)
+// holds, say) and in the text.
 type RequestError struct {
 	Method   string
 	Path     string // as sent, escaped, without the query
 	Attempts int
 	Err      error
 	Last     *APIError
+
+	lastErr error // the network failure that was to be retried when the ctx ended
 }
 
+// Error reads like "apify: POST /v2/request-queues/abc/requests/unlock:
+// context deadline exceeded (after 2 attempts; last response 503 server-error)".
 func (e *RequestError) Error() string {
 	var b strings.Builder
 	b.WriteString("apify: ")
@@ -146,27 +164,41 @@ func (e *RequestError) Error() string {
 	b.WriteString(e.Path)
 	b.WriteString(": ")
 	b.WriteString(e.Err.Error())
-	if e.Attempts > 1 {
-		b.WriteString(" (after ")
-		b.WriteString(strconv.Itoa(e.Attempts))
-		b.WriteString(" attempts")
-		if e.Last != nil {
-			b.WriteString("; last response ")
+	if e.Attempts > 1 || e.Last != nil || e.lastErr != nil {
+		b.WriteString(" (")
+		if e.Attempts > 1 {
+			b.WriteString("after ")
+			b.WriteString(strconv.Itoa(e.Attempts))
+			b.WriteString(" attempts")
+			if e.Last != nil || e.lastErr != nil {
+				b.WriteString("; ")
+			}
+		}
+		switch {
+		case e.Last != nil:
+			b.WriteString("last response ")
 			b.WriteString(strconv.Itoa(e.Last.StatusCode))
 			if e.Last.Type != "" {
 				b.WriteByte(' ')
 				b.WriteString(e.Last.Type)
 			}
+		case e.lastErr != nil:
+			b.WriteString("last error: ")
+			b.WriteString(e.lastErr.Error())
 		}
 		b.WriteByte(')')
 	}
 	return b.String()
 }
 
-// Unwrap returns Err and, when set, Last.
+// Unwrap returns Err and, when set, Last or the network failure that was
+// being retried.
 func (e *RequestError) Unwrap() []error {
-	if e.Last != nil {
+	switch {
+	case e.Last != nil:
 		return []error{e.Err, e.Last}
+	case e.lastErr != nil:
+		return []error{e.Err, e.lastErr}
 	}
 	return []error{e.Err}
 }

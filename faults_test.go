@@ -50,7 +50,7 @@ import (
 //	HTML 502                          APIError 502, ErrServerError        3         ~50 ms   60 KiB
 //	302, Location does not parse      APIError 302, ErrUnexpectedResponse 1         ~2 ms    30 KiB
 //	Retry-After: 999999               APIError 429, ErrRateLimited        3         ~105 ms  54 KiB
-//	Retry-After: 999999, default wait APIError 429, ErrRateLimited        1         ~2 ms    29 KiB
+//	Retry-After: 999999, default wait DeadlineExceeded + APIError 429     1         ~2 ms    29 KiB
 //	429 storm, 16 callers at once     APIError 429, ErrRateLimited        3 each    ~150 ms  0.7 MiB (all 16)
 //	accepts, never answers            RequestError, ErrAttemptTimeout     3         ~945 ms  69 KiB
 //	never answers, ctx 500 ms         RequestError, DeadlineExceeded      2         ~500 ms  46 KiB
@@ -179,11 +179,7 @@ func write(conn *net.TCPConn, s string) bool {
 // keep-alive connection (and its two goroutines) outlives the test.
 func closeIdle(t *testing.T, c *Client) {
 	t.Helper()
-	t.Cleanup(func() {
-		if tr, ok := c.hc.Transport.(*attemptTransport).base.(interface{ CloseIdleConnections() }); ok {
-			tr.CloseIdleConnections()
-		}
-	})
+	t.Cleanup(c.CloseIdleConnections)
 }
 
 // noLeaks checks, after every other cleanup of the test, that the test left
@@ -470,11 +466,13 @@ func faultCases() []faultCase {
 			},
 			check: func(t *testing.T, err error) {
 				// The capped wait (30 s) outlasts the 2 s deadline: the call
-				// reports the 429 at once instead of sleeping into the deadline.
+				// reports the deadline at once, with the 429, instead of
+				// sleeping into the deadline.
 				var apiErr *APIError
 				require.ErrorAs(t, err, &apiErr)
 				assert.ErrorIs(t, err, ErrRateLimited)
-				assert.NotErrorIs(t, err, context.DeadlineExceeded)
+				assert.ErrorIs(t, err, context.DeadlineExceeded)
+				assert.Equal(t, 30*time.Second, min(apiErr.RetryAfter, DefaultRetryWaitMax))
 			},
 		},
 		{

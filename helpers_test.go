@@ -47,27 +47,37 @@ func apiErr(status int, typ, msg string) reply {
 	return reply{status: status, body: `{"error":{"type":"` + typ + `","message":"` + msg + `"}}`}
 }
 
-// fakeAPI records requests and answers them with scripted replies, in
-// order; the last reply repeats.
+// fakeAPI is the one scripted fake API of these tests, served on loopback
+// by setup or in memory by memClient (inside a testing/synctest bubble, its
+// clock is the bubble's). It records every request as it came and answers
+// with replies, in order; the last reply repeats, and no replies at all
+// means ok(0).
 type fakeAPI struct {
 	mu      sync.Mutex
 	reqs    []seen
 	replies []reply
+	first   int // the request replies[0] answers (see script)
 
-	newConns atomic.Int64
+	newConns atomic.Int64 // connections the loopback server accepted (setup only)
 }
 
 func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	body, _ := io.ReadAll(r.Body)
+	var body []byte
+	if r.Body != nil { // a client's request, served in memory, may have none
+		body, _ = io.ReadAll(r.Body)
+	}
+	uri := r.RequestURI
+	if uri == "" { // served in memory: the request as the client built it
+		uri = r.URL.RequestURI()
+	}
 	f.mu.Lock()
 	f.reqs = append(f.reqs, seen{
-		Method: r.Method, RequestURI: r.RequestURI, Header: r.Header.Clone(), Body: body,
+		Method: r.Method, RequestURI: uri, Header: r.Header.Clone(), Body: body,
 		ContentLength: r.ContentLength, TransferEnc: r.TransferEncoding, At: time.Now(),
 	})
 	rep := ok(0)
 	if n := len(f.replies); n > 0 {
-		i := min(len(f.reqs)-1, n-1)
-		rep = f.replies[i]
+		rep = f.replies[min(len(f.reqs)-1-f.first, n-1)]
 	}
 	f.mu.Unlock()
 	for k, v := range rep.header {
@@ -80,13 +90,31 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(w, rep.body)
 }
 
+// script replaces the replies; the next request gets the first of them.
+func (f *fakeAPI) script(replies ...reply) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.replies, f.first = replies, len(f.reqs)
+}
+
 func (f *fakeAPI) requests() []seen {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]seen(nil), f.reqs...)
 }
 
+// hits is how many requests (attempts) the fake API received.
 func (f *fakeAPI) hits() int { return len(f.requests()) }
+
+// waits returns the time between consecutive requests: the backoff waits.
+func (f *fakeAPI) waits() []time.Duration {
+	reqs := f.requests()
+	var out []time.Duration
+	for i := 1; i < len(reqs); i++ {
+		out = append(out, reqs[i].At.Sub(reqs[i-1].At))
+	}
+	return out
+}
 
 // setup starts a loopback fake API that serves replies under testPrefix and
 // returns it with a Client pointed at it (short retry waits, so real-network
@@ -137,6 +165,10 @@ type rtFunc func(*http.Request) (*http.Response, error)
 func (f rtFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // memClient returns a Client whose requests go to h in memory.
+//
+// Tests that need the backoff jitter to be deterministic set the Client's
+// randN, its injected random source: the one private field tests touch,
+// since no public option should let callers fix the jitter.
 func memClient(t *testing.T, h http.Handler, opts ...Option) *Client {
 	t.Helper()
 	return rtClient(t, handlerTransport{h}, opts...)

@@ -10,15 +10,33 @@ import (
 	"time"
 )
 
-// MaxLockHeadLimit is the most requests one [RequestQueueClient.ListAndLockHead] call may lock.
-const MaxLockHeadLimit = 25
+// Limits and defaults of the lock calls. A zero field of [LockHeadOptions]
+// or [ProlongLockOptions] means its default.
+const (
+	// MaxLockHeadLimit is the most requests one [RequestQueueClient.ListAndLockHead] call may lock.
+	MaxLockHeadLimit = 25
+	// DefaultLockHeadLimit is how many requests ListAndLockHead locks when
+	// LockHeadOptions.Limit is 0: a full batch, as Crawlee takes.
+	DefaultLockHeadLimit = MaxLockHeadLimit
+	// DefaultLockDuration is the lock time of ListAndLockHead and
+	// ProlongRequestLock when their LockDuration is 0.
+	DefaultLockDuration = 60 * time.Second
+	// MaxLockDuration is the longest lock the client asks for (a lockSecs of
+	// 86,400). Apify documents no maximum; the client refuses more than a
+	// day, as apifytest does, so that a duration given in the wrong unit
+	// fails before any I/O instead of locking a request for years.
+	MaxLockDuration = 24 * time.Hour
+)
 
-// LockHeadOptions configures [RequestQueueClient.ListAndLockHead].
+// LockHeadOptions configures [RequestQueueClient.ListAndLockHead]. The zero
+// value locks [DefaultLockHeadLimit] requests for [DefaultLockDuration],
+// under no clientKey.
 type LockHeadOptions struct {
-	// Limit is how many requests to lock, 1 to MaxLockHeadLimit.
+	// Limit is how many requests to lock, 1 to MaxLockHeadLimit; 0 means
+	// DefaultLockHeadLimit.
 	Limit int
-	// LockDuration is how long the locks last, rounded up to whole seconds;
-	// it must be positive.
+	// LockDuration is how long the locks last, rounded up to whole seconds,
+	// at most MaxLockDuration; 0 means DefaultLockDuration.
 	LockDuration time.Duration
 	// ClientKey identifies the locking client (see DefaultClientKey). Empty
 	// sends none: inside an Actor run the locks then belong to the run.
@@ -70,17 +88,21 @@ type LockedRequest struct {
 // holder deletes it, marks the request handled, or calls UnlockRequests), no
 // other client sees the request.
 //
-// It is retried only when the API cannot have taken the locks (a 429, or no
-// connection could be made): after a lost response a blind retry would lock
-// a second batch, and the first would sit unseen until its locks expired.
+// It is retried only when the API cannot have taken the locks (a 429, or
+// the request never left: no connection could be made, or its TLS handshake
+// timed out): after a lost response a blind retry would lock a second
+// batch, and the first would sit unseen until its locks expired.
 //
 // It calls POST /v2/request-queues/{queueId}/head/lock.
 func (q *RequestQueueClient) ListAndLockHead(ctx context.Context, opts LockHeadOptions) (*LockedHead, error) {
 	if q.err != nil {
 		return nil, q.err
 	}
+	if opts.Limit == 0 {
+		opts.Limit = DefaultLockHeadLimit
+	}
 	if opts.Limit < 1 || opts.Limit > MaxLockHeadLimit {
-		return nil, fmt.Errorf("apify: %w: LockHeadOptions.Limit is %d; it must be 1 to %d", ErrInvalidInput, opts.Limit, MaxLockHeadLimit)
+		return nil, fmt.Errorf("apify: %w: LockHeadOptions.Limit is %d; it must be 1 to %d (or 0 for %d)", ErrInvalidInput, opts.Limit, MaxLockHeadLimit, DefaultLockHeadLimit)
 	}
 	lockSecs, err := lockSeconds("LockHeadOptions", opts.LockDuration)
 	if err != nil {
@@ -191,10 +213,11 @@ func (q *RequestQueueClient) ListHead(ctx context.Context, opts ListHeadOptions)
 	return &QueueHead{Items: *head.Items, HadMultipleClients: head.HadMultipleClients, QueueModifiedAt: head.QueueModifiedAt}, nil
 }
 
-// ProlongLockOptions configures [RequestQueueClient.ProlongRequestLock].
+// ProlongLockOptions configures [RequestQueueClient.ProlongRequestLock]. The
+// zero value prolongs by [DefaultLockDuration] under no clientKey.
 type ProlongLockOptions struct {
 	// LockDuration is the new lock time, counted from now and rounded up to
-	// whole seconds; it must be positive.
+	// whole seconds, at most MaxLockDuration; 0 means DefaultLockDuration.
 	LockDuration time.Duration
 	// ClientKey must be the key the lock was taken with.
 	ClientKey string
@@ -278,10 +301,17 @@ func (q *RequestQueueClient) DeleteRequestLock(ctx context.Context, requestID st
 }
 
 // lockSeconds renders a lock duration as the API's lockSecs: whole seconds,
-// rounded up so a lock never ends before the caller asked.
+// rounded up so a lock never ends before the caller asked; 0 is
+// DefaultLockDuration. Checking the maximum first keeps the rounding from
+// overflowing.
 func lockSeconds(opt string, d time.Duration) (string, error) {
-	if d <= 0 {
-		return "", fmt.Errorf("apify: %w: %s.LockDuration is %v; it must be positive", ErrInvalidInput, opt, d)
+	switch {
+	case d == 0:
+		d = DefaultLockDuration
+	case d < 0:
+		return "", fmt.Errorf("apify: %w: %s.LockDuration is %v; it must not be negative (0 means %v)", ErrInvalidInput, opt, d, DefaultLockDuration)
+	case d > MaxLockDuration:
+		return "", fmt.Errorf("apify: %w: %s.LockDuration is %v; it must be at most %v", ErrInvalidInput, opt, d, MaxLockDuration)
 	}
 	secs := (d + time.Second - 1) / time.Second
 	return strconv.FormatInt(int64(secs), 10), nil

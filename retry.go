@@ -8,9 +8,11 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -30,7 +32,17 @@ type call struct {
 	attempts int            // attempts started so far
 	start    time.Time      // when the current attempt started (only kept for logging)
 	reason   string         // why the last attempt is being retried
+	wait     time.Duration  // the wait before the next attempt, drawn by checkRetry for backoff
 	last     *http.Response // the last retried response (body read), for a ctx that ends during the wait
+	lastErr  error          // or the last retried network failure, likewise
+
+	// For a call that must not be repeated once the API may have seen it:
+	// whether net/http asked for a connection for the current attempt
+	// (GetConn) and got one (GotConn). Asked but never got means the
+	// request never left. The hooks are bound once, like the others.
+	connAsked, connGot atomic.Bool
+	getConnHook        func(string)
+	gotConnHook        func(httptrace.GotConnInfo)
 }
 
 // calls recycles call structs. Each comes with its retryablehttp.Client and
@@ -44,8 +56,23 @@ var calls = sync.Pool{New: func() any {
 	cl.rc.CheckRetry = cl.checkRetry
 	cl.rc.Backoff = cl.backoff
 	cl.rc.ErrorHandler = keepLastResponse
+	cl.getConnHook = func(string) { cl.connAsked.Store(true) }
+	cl.gotConnHook = func(httptrace.GotConnInfo) { cl.connGot.Store(true) }
 	return cl
 }}
+
+// traced returns ctx with a trace that tells whether an attempt's request
+// left (see call.neverSent). A new ClientTrace each time: WithClientTrace
+// rewrites the hooks of the trace it is given to chain a trace already in
+// ctx, so a recycled one would pile up hooks.
+func (cl *call) traced(ctx context.Context) context.Context {
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GetConn: cl.getConnHook, GotConn: cl.gotConnHook})
+}
+
+// neverSent reports that net/http failed the attempt before it had a
+// connection to write the request on: the API cannot have seen it. With a
+// Transport that is not net/http's the hooks never fire and this is false.
+func (cl *call) neverSent() bool { return cl.connAsked.Load() && !cl.connGot.Load() }
 
 // newCall returns a call of r through c, with retries configured as c says.
 func (c *Client) newCall(ctx context.Context, r apiRequest) *call {
@@ -59,45 +86,58 @@ func (c *Client) newCall(ctx context.Context, r apiRequest) *call {
 // release clears the call of everything it refers to and recycles it.
 func (cl *call) release() {
 	cl.c, cl.ctx, cl.req, cl.rc.HTTPClient = nil, nil, apiRequest{}, nil
-	cl.attempts, cl.start, cl.reason, cl.last = 0, time.Time{}, "", nil
+	cl.attempts, cl.start, cl.reason, cl.wait, cl.last, cl.lastErr = 0, time.Time{}, "", 0, nil, nil
 	calls.Put(cl)
 }
 
 // beforeAttempt is the RequestLogHook: retryablehttp calls it before every attempt.
 func (cl *call) beforeAttempt(_ retryablehttp.Logger, _ *http.Request, retry int) {
 	cl.attempts = retry + 1
+	cl.connAsked.Store(false)
+	cl.connGot.Store(false)
+	// What the call was waiting to retry is history once it retries: a ctx
+	// that ends during this attempt ended this attempt, not the wait.
+	cl.last, cl.lastErr = nil, nil
 	if cl.c.logger != nil {
 		cl.start = time.Now()
 	}
 }
 
 // checkRetry is the CheckRetry hook: the retry policy of the Client.
+//
+// It draws the wait before the next attempt itself, here rather than in
+// backoff, so that the decision to give up before a wait that would outlast
+// the ctx's deadline is made on the wait actually taken. Otherwise the error
+// a caller gets at a deadline would depend on the random jitter.
 func (cl *call) checkRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
 	cl.logAttempt(resp, err)
-	reason := retryReason(resp, err, cl.req.idempotent)
+	reason := retryReason(resp, err, cl.req.idempotent || (err != nil && cl.neverSent()))
 	if reason == "" {
 		return false, nil // a success, a final error, or a response that must not be repeated
 	}
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return false, ctxErr // never retry for a caller that has gone
 	}
-	cl.last = resp // decoded only if the ctx ends during the wait
+	cl.last, cl.lastErr = resp, err // reported only if the ctx ends (or would end) during the wait
 	if cl.attempts > cl.c.maxRetries {
 		return false, nil // no retries left: the last failure is the result
 	}
-	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < cl.c.shortestWait(resp) {
-		// The wait would outlast the caller's deadline: report the failure
-		// now rather than sleep into a bare context.DeadlineExceeded.
-		return false, nil
+	cl.wait = cl.c.retryWait(cl.attempts-1, resp)
+	if deadline, ok := ctx.Deadline(); ok && !time.Now().Add(cl.wait).Before(deadline) {
+		// The wait would end at or after the caller's deadline: give up
+		// now, exactly as if the ctx had ended during the wait (a
+		// *RequestError wrapping context.DeadlineExceeded and, when there
+		// was one, the last response's *APIError), without the sleep.
+		return false, context.DeadlineExceeded
 	}
 	cl.reason = reason
 	return true, nil
 }
 
-// backoff is the Backoff hook: it picks the wait before retry n (from 0) and
-// logs the retry.
-func (cl *call) backoff(_, _ time.Duration, n int, resp *http.Response) time.Duration {
-	wait := cl.c.retryWait(n, resp)
+// backoff is the Backoff hook: it returns the wait checkRetry drew for the
+// retry it allowed, and logs the retry.
+func (cl *call) backoff(_, _ time.Duration, _ int, _ *http.Response) time.Duration {
+	wait := cl.wait
 	if l := cl.c.logger; l != nil && l.Enabled(cl.ctx, slog.LevelWarn) {
 		l.LogAttrs(cl.ctx, slog.LevelWarn, "apify: retrying",
 			slog.String("method", cl.req.method),
@@ -157,15 +197,20 @@ func (cl *call) requestError(err error, resp *http.Response, body []byte) error 
 	case resp != nil && (resp.StatusCode < 200 || resp.StatusCode > 299):
 		re.Last = cl.apiError(resp, body)
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-		if cl.last != nil {
+		switch {
+		case cl.last != nil:
 			re.Last = cl.apiError(cl.last, responseBody(cl.last))
+		case cl.lastErr != nil:
+			re.lastErr = unwrapURLError(cl.lastErr)
 		}
 	}
 	return re
 }
 
 // retryReason is the retry policy, a chain of small classifiers: it returns
-// why the attempt should be retried, or "" when it must not be.
+// why the attempt should be retried, or "" when it must not be. idempotent
+// says a repeat does no harm: the call is idempotent, or this attempt's
+// request never left.
 func retryReason(resp *http.Response, err error, idempotent bool) string {
 	if err != nil {
 		if idempotent {
@@ -196,16 +241,20 @@ func retryableStatus(code int) bool {
 // transientError says why a failed attempt is worth repeating, or "" when
 // it is not (a TLS or certificate failure, a host that does not exist, a
 // response that cannot be decoded, the caller's context ending). Errors are
-// classified by type, not by their text.
+// classified by type and by net.Error's Timeout, not by their text: any
+// timeout (a TLS handshake, a dial, response headers that never came) is
+// worth another attempt. The caller's context ending is left to checkRetry,
+// which asks the context itself.
 func transientError(err error) string {
 	var timeout *attemptTimeoutError
 	var dnsErr *net.DNSError
 	var bodyErr *bodyReadError
 	var opErr *net.OpError
+	var netErr net.Error
 	switch {
 	case errors.As(err, &timeout):
 		return timeout.Error()
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrUnexpectedResponse):
+	case errors.Is(err, context.Canceled), errors.Is(err, ErrUnexpectedResponse):
 		return ""
 	case errors.As(err, &dnsErr):
 		if dnsErr.IsTemporary || dnsErr.IsTimeout {
@@ -220,6 +269,10 @@ func transientError(err error) string {
 		return "connection reset"
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return "connection closed before the response"
+	case errors.As(err, &netErr) && netErr.Timeout():
+		// Not only context.DeadlineExceeded: net/http's timeouts match it
+		// too. checkRetry tells the caller's own deadline by its ctx.
+		return "timed out (" + unwrapURLError(err).Error() + ")"
 	case errors.As(err, &opErr):
 		return "network error (" + opErr.Op + ")"
 	}
@@ -228,6 +281,8 @@ func transientError(err error) string {
 
 // notSentError says why a failed attempt of a call that must not be
 // repeated may still be retried: the request never reached the server.
+// With net/http's Transport, call.neverSent knows more: this is what is
+// left for another Transport, which reports no trace.
 func notSentError(err error) string {
 	var opErr *net.OpError
 	if errors.As(err, &opErr) && opErr.Op == "dial" {
@@ -251,14 +306,6 @@ func (c *Client) retryWait(n int, resp *http.Response) time.Duration {
 		return c.waitMin
 	}
 	return c.waitMin + time.Duration(c.randN(int64(upper-c.waitMin)+1))
-}
-
-// shortestWait is the least retryWait can return for resp.
-func (c *Client) shortestWait(resp *http.Response) time.Duration {
-	if d, ok := retryAfterHint(resp); ok {
-		return min(max(d, c.waitMin), c.waitMax)
-	}
-	return c.waitMin
 }
 
 // retryAfterHint returns the Retry-After of a 429 or 503 response.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -29,28 +30,40 @@ import (
 
 // ---- 1. Construction -------------------------------------------------------
 
+// The defaults, as a caller sees them: the API's address, no token, 5
+// attempts with waits of DefaultRetryWaitMin doubling (full jitter) up to
+// DefaultRetryWaitMax, and each attempt bounded by DefaultTimeout. (Nothing
+// is logged: TestNothingIsPrintedWithoutALogger; redirects are not
+// followed: TestRedirectsAreNotFollowed; the Client's own pool keeps a
+// connection per concurrent caller: TestNoNewConnectionsOnceWarm.)
 func TestNewClientDefaults(t *testing.T) {
 	c, err := NewClient()
 	require.NoError(t, err)
-	assert.Equal(t, "https", c.scheme)
-	assert.Equal(t, "api.apify.com", c.host)
-	assert.Equal(t, "", c.basePath)
 	assert.Equal(t, "https://api.apify.com", c.BaseURL())
-	assert.Nil(t, c.token, "no token by default: public queues work anonymously")
-	assert.Equal(t, 4, c.maxRetries)
-	assert.Equal(t, 500*time.Millisecond, c.waitMin)
-	assert.Equal(t, 30*time.Second, c.waitMax)
-	assert.Equal(t, 30*time.Second, c.timeout)
-	assert.Nil(t, c.logger)
+	assert.Equal(t, "apify.Client{baseURL: https://api.apify.com, token: none, maxRetries: 4, retryWait: 500ms..30s, timeout: 30s}", c.String())
 
-	at, isAttempt := c.hc.Transport.(*attemptTransport)
-	require.True(t, isAttempt, "the attempt transport is outermost")
-	assert.Equal(t, 30*time.Second, at.timeout)
-	pool, isPool := at.base.(*http.Transport)
-	require.True(t, isPool)
-	assert.GreaterOrEqual(t, pool.MaxIdleConnsPerHost, 16, "concurrent callers must find idle connections")
-	assert.Zero(t, c.hc.Timeout)
-	assert.ErrorIs(t, c.hc.CheckRedirect(nil, nil), http.ErrUseLastResponse)
+	t.Run("retries and waits", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := &fakeAPI{replies: statuses(503)}
+			c := memClient(t, f)                           // WithHTTPClient changes the transport, nothing else
+			c.randN = func(n int64) int64 { return n - 1 } // the top of each jitter range
+			_, err := unlock(c, "q", "k")
+			require.ErrorIs(t, err, ErrServerError)
+			assert.Equal(t, 1+DefaultMaxRetries, f.hits())
+			assert.Equal(t, []time.Duration{2 * DefaultRetryWaitMin, 4 * DefaultRetryWaitMin, 8 * DefaultRetryWaitMin, 16 * DefaultRetryWaitMin}, f.waits())
+			assert.Empty(t, f.requests()[0].Header.Values("Authorization"), "no token by default: public queues work anonymously")
+		})
+	})
+
+	t.Run("attempt timeout", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			c := memClient(t, http.HandlerFunc(blockUntilDone), WithMaxRetries(0))
+			start := time.Now()
+			_, err := unlock(c, "q", "k")
+			assert.Equal(t, DefaultTimeout, time.Since(start))
+			require.ErrorIs(t, err, ErrAttemptTimeout)
+		})
+	})
 }
 
 func TestNewClientRejectsBadOptions(t *testing.T) {
@@ -62,6 +75,7 @@ func TestNewClientRejectsBadOptions(t *testing.T) {
 		{"negative retries", []Option{WithMaxRetries(-1)}, []string{"WithMaxRetries", "-1 is negative"}},
 		{"min wait above max", []Option{WithRetryWait(2*time.Second, time.Second)}, []string{"WithRetryWait", "min 2s is greater than max 1s"}},
 		{"negative wait", []Option{WithRetryWait(-time.Second, time.Second)}, []string{"WithRetryWait", "negative"}},
+		{"zero min wait with a positive max", []Option{WithRetryWait(0, 30*time.Second)}, []string{"WithRetryWait", "min is 0 with max 30s", "every wait would be 0"}},
 		{"zero timeout", []Option{WithTimeout(0)}, []string{"WithTimeout", "0s is not positive"}},
 		{"negative timeout", []Option{WithTimeout(-time.Second)}, []string{"WithTimeout", "-1s is not positive"}},
 		{"ftp base URL", []Option{WithBaseURL("ftp://h")}, []string{"WithBaseURL", `"ftp://h" is not an absolute http or https URL`}},
@@ -153,7 +167,7 @@ func TestNewClientFromEnv(t *testing.T) {
 	c, err = NewClientFromEnv()
 	require.NoError(t, err)
 	assert.Equal(t, DefaultBaseURL, c.BaseURL())
-	assert.Nil(t, c.token)
+	assert.Contains(t, c.String(), "token: none")
 }
 
 // ---- 2. Validation before any I/O ------------------------------------------
@@ -517,43 +531,6 @@ func TestErrorResponsesKeepTheConnection(t *testing.T) {
 
 // ---- 6. Retries ------------------------------------------------------------------
 
-// scripted serves replies in order from memory and records when each request came.
-type scripted struct {
-	mu      sync.Mutex
-	replies []reply
-	times   []time.Time
-}
-
-func (s *scripted) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	i := min(len(s.times), len(s.replies)-1)
-	s.times = append(s.times, time.Now())
-	rep := s.replies[i]
-	s.mu.Unlock()
-	for k, v := range rep.header {
-		w.Header().Set(k, v)
-	}
-	w.WriteHeader(rep.status)
-	_, _ = io.WriteString(w, rep.body)
-}
-
-// waits returns the time between consecutive requests.
-func (s *scripted) waits() []time.Duration {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []time.Duration
-	for i := 1; i < len(s.times); i++ {
-		out = append(out, s.times[i].Sub(s.times[i-1]))
-	}
-	return out
-}
-
-func (s *scripted) attempts() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.times)
-}
-
 func statuses(codes ...int) []reply {
 	out := make([]reply, len(codes))
 	for i, code := range codes {
@@ -591,10 +568,10 @@ func TestRetryPolicyForStatuses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				s := &scripted{replies: statuses(tt.codes...)}
+				s := &fakeAPI{replies: statuses(tt.codes...)}
 				c := memClient(t, s, tt.opts...)
 				res, err := unlock(c, "q", "k")
-				assert.Equal(t, tt.wantAttempts, s.attempts())
+				assert.Equal(t, tt.wantAttempts, s.hits())
 				if tt.wantStatus == 0 {
 					require.NoError(t, err)
 					assert.Equal(t, 3, res.UnlockedCount)
@@ -758,7 +735,7 @@ func TestBackoffIsExponentialWithFullJitter(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				s := &scripted{replies: statuses(503)}
+				s := &fakeAPI{replies: statuses(503)}
 				c := memClient(t, s, tt.opts...)
 				c.randN = tt.randN
 				_, err := unlock(c, "q", "k")
@@ -769,7 +746,10 @@ func TestBackoffIsExponentialWithFullJitter(t *testing.T) {
 	}
 
 	t.Run("huge retry counts never overflow", func(t *testing.T) {
-		c := &Client{waitMin: time.Millisecond, waitMax: time.Hour, randN: func(n int64) int64 { return n - 1 }}
+		// No call can make 2^30 retries: retryWait itself is asked.
+		c, err := NewClient(WithRetryWait(time.Millisecond, time.Hour))
+		require.NoError(t, err)
+		c.randN = func(n int64) int64 { return n - 1 }
 		for _, n := range []int{0, 10, 40, 61, 62, 63, 64, 100, 1 << 30} {
 			w := c.retryWait(n, nil)
 			assert.GreaterOrEqual(t, w, time.Millisecond, "retry %d", n)
@@ -801,7 +781,7 @@ func TestRetryAfterIsHonouredAndCapped(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				s := &scripted{replies: []reply{
+				s := &fakeAPI{replies: []reply{
 					{status: tt.status, header: map[string]string{"Retry-After": tt.after}, body: `{"error":{"type":"x","message":"y"}}`},
 					ok(1),
 				}}
@@ -816,7 +796,7 @@ func TestRetryAfterIsHonouredAndCapped(t *testing.T) {
 
 	t.Run("the final error carries the hint", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			s := &scripted{replies: []reply{{status: 429, header: map[string]string{"Retry-After": "3"}}}}
+			s := &fakeAPI{replies: []reply{{status: 429, header: map[string]string{"Retry-After": "3"}}}}
 			c := memClient(t, s, WithMaxRetries(1))
 			_, err := unlock(c, "q", "k")
 			var apiErr *APIError
@@ -890,7 +870,7 @@ func TestContextBoundsTheWholeCall(t *testing.T) {
 
 	t.Run("cancelled during a backoff wait", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			s := &scripted{replies: statuses(503)}
+			s := &fakeAPI{replies: statuses(503)}
 			c := memClient(t, s)
 			c.randN = func(n int64) int64 { return n - 1 } // first wait: 1s
 			ctx, cancel := context.WithCancel(context.Background())
@@ -898,7 +878,7 @@ func TestContextBoundsTheWholeCall(t *testing.T) {
 			start := time.Now()
 			_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
 			assert.Equal(t, 300*time.Millisecond, time.Since(start))
-			assert.Equal(t, 1, s.attempts(), "no attempt after the ctx is done")
+			assert.Equal(t, 1, s.hits(), "no attempt after the ctx is done")
 			require.ErrorIs(t, err, context.Canceled)
 			var reqErr *RequestError
 			require.ErrorAs(t, err, &reqErr)
@@ -907,74 +887,225 @@ func TestContextBoundsTheWholeCall(t *testing.T) {
 			require.ErrorAs(t, err, &apiErr, "the response being retried stays reachable")
 			assert.Equal(t, 503, apiErr.StatusCode)
 			assert.Equal(t, reqErr.Last, apiErr)
-			assert.Equal(t, "apify: POST "+testPrefix+"/v2/request-queues/q/requests/unlock: context canceled", err.Error())
+			assert.Equal(t, "apify: POST "+testPrefix+"/v2/request-queues/q/requests/unlock: context canceled (last response 503 t503)", err.Error())
 		})
 	})
 
-	t.Run("deadline during a backoff wait", func(t *testing.T) {
+	t.Run("a wait that would outlast the deadline is not started", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			s := &scripted{replies: statuses(502, 502, 502)}
+			s := &fakeAPI{replies: statuses(502, 502, 502)}
 			c := memClient(t, s)
 			c.randN = func(n int64) int64 { return n - 1 } // waits 1s, 2s, ...
 			ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
 			defer cancel()
 			start := time.Now()
 			_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
-			assert.Equal(t, 2500*time.Millisecond, time.Since(start))
-			assert.Equal(t, 2, s.attempts())
+			assert.Equal(t, time.Second, time.Since(start), "the 1s wait is taken; the 2s one, ending at 3s, is not")
+			assert.Equal(t, 2, s.hits())
 			require.ErrorIs(t, err, context.DeadlineExceeded)
 			assert.ErrorIs(t, err, ErrServerError)
-			assert.Contains(t, err.Error(), "context deadline exceeded (after 2 attempts; last response 502 t502)")
+			var reqErr *RequestError
+			require.ErrorAs(t, err, &reqErr)
+			assert.Equal(t, context.DeadlineExceeded, reqErr.Err, "the same Err as a deadline passing during the wait")
+			assert.Equal(t, "apify: POST "+testPrefix+"/v2/request-queues/q/requests/unlock: context deadline exceeded (after 2 attempts; last response 502 t502)", err.Error())
 		})
 	})
 
-	t.Run("a wait that would outlast the deadline is not started", func(t *testing.T) {
+	t.Run("a Retry-After that would outlast the deadline", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			s := &scripted{replies: []reply{{status: 429, header: map[string]string{"Retry-After": "10"}}, ok(1)}}
+			s := &fakeAPI{replies: []reply{{status: 429, header: map[string]string{"Retry-After": "10"},
+				body: `{"error":{"type":"rate-limit-exceeded","message":"slow down"}}`}, ok(1)}}
 			c := memClient(t, s)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			start := time.Now()
 			_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
 			assert.Zero(t, time.Since(start), "returns at once with the API's answer")
+			assert.Equal(t, 1, s.hits())
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			assert.ErrorIs(t, err, ErrRateLimited)
+			var timeout interface{ Timeout() bool }
+			require.ErrorAs(t, err, &timeout)
+			assert.True(t, timeout.Timeout())
 			var apiErr *APIError
 			require.ErrorAs(t, err, &apiErr)
-			assert.Equal(t, 429, apiErr.StatusCode)
-			assert.Equal(t, 10*time.Second, apiErr.RetryAfter)
-			assert.Equal(t, 1, s.attempts())
+			assert.Equal(t, &APIError{StatusCode: 429, Type: "rate-limit-exceeded", Message: "slow down", Method: "POST",
+				Path: testPrefix + "/v2/request-queues/q/requests/unlock", Attempts: 1, RetryAfter: 10 * time.Second}, apiErr)
+			assert.Equal(t, "apify: POST "+testPrefix+"/v2/request-queues/q/requests/unlock: context deadline exceeded (last response 429 rate-limit-exceeded)", err.Error())
+		})
+	})
+
+	t.Run("a wait that ends exactly at the deadline is not started", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			s := &fakeAPI{replies: []reply{{status: 503, header: map[string]string{"Retry-After": "2"}}, ok(1)}}
+			c := memClient(t, s)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
+			assert.Equal(t, 1, s.hits(), "an attempt at the deadline could not succeed")
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			assert.ErrorIs(t, err, ErrServerError)
+		})
+	})
+
+	t.Run("a wait that ends before the deadline is taken", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			s := &fakeAPI{replies: []reply{{status: 429, header: map[string]string{"Retry-After": "2"}}, ok(4)}}
+			c := memClient(t, s)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second+time.Millisecond)
+			defer cancel()
+			res, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
+			require.NoError(t, err)
+			assert.Equal(t, 4, res.UnlockedCount)
+			assert.Equal(t, []time.Duration{2 * time.Second}, s.waits())
+		})
+	})
+
+	t.Run("a network failure is kept when the deadline cuts the retries short", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			var calls atomic.Int32
+			c := rtClient(t, rtFunc(func(*http.Request) (*http.Response, error) {
+				calls.Add(1)
+				return nil, netErr("dial", syscall.ECONNREFUSED)
+			}))
+			c.randN = func(n int64) int64 { return n - 1 } // first wait: 1s
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
+			assert.Equal(t, int32(1), calls.Load())
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			assert.ErrorIs(t, err, syscall.ECONNREFUSED, "the cause is not lost")
+			var apiErr *APIError
+			assert.False(t, errors.As(err, &apiErr))
+			assert.Equal(t, "apify: POST "+testPrefix+"/v2/request-queues/q/requests/unlock: context deadline exceeded (last error: dial tcp: dial: connection refused)", err.Error())
+		})
+	})
+
+	t.Run("a deadline during a retry forgets the failure retried", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			var calls atomic.Int32
+			c := memClient(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if calls.Add(1) == 1 {
+					w.WriteHeader(http.StatusServiceUnavailable)
+					return
+				}
+				blockUntilDone(w, r) // the retry hangs until the deadline
+			}))
+			c.randN = func(int64) int64 { return 0 } // a 500ms wait
+			ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+			defer cancel()
+			_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			var apiErr *APIError
+			assert.False(t, errors.As(err, &apiErr), "the 503 is not what ended the call: the hanging retry is")
+			assert.Equal(t, "apify: POST "+testPrefix+"/v2/request-queues/q/requests/unlock: context deadline exceeded (after 2 attempts)", err.Error())
+		})
+	})
+
+	t.Run("no retries left: the answer itself, not a deadline", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			s := &fakeAPI{replies: []reply{{status: 429, header: map[string]string{"Retry-After": "10"}}}}
+			c := memClient(t, s, WithMaxRetries(0))
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
+			var apiErr *APIError
+			require.ErrorAs(t, err, &apiErr)
+			assert.Same(t, apiErr, err, "a bare *APIError: no wait was ever going to happen")
+			assert.NotErrorIs(t, err, context.DeadlineExceeded)
 		})
 	})
 
 	t.Run("already cancelled", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			s := &scripted{replies: statuses(200)}
+			s := &fakeAPI{replies: statuses(200)}
 			c := memClient(t, s)
 			ctx, cancel := context.WithCancel(context.Background())
 			cancel()
 			_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
 			require.ErrorIs(t, err, context.Canceled)
-			assert.Zero(t, s.attempts())
+			assert.Zero(t, s.hits())
 		})
 	})
 
 	t.Run("a success that races the cancel is still a success", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
-			c := memClient(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				_, _ = io.WriteString(w, `{"data":{"unlockedCount":9}}`)
-			}))
-			c.hc.Transport.(*attemptTransport).base = rtFunc(func(r *http.Request) (*http.Response, error) {
+			c := rtClient(t, rtFunc(func(r *http.Request) (*http.Response, error) {
 				resp, err := handlerTransport{http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					_, _ = io.WriteString(w, `{"data":{"unlockedCount":9}}`)
 				})}.RoundTrip(r)
 				cancel() // the caller gives up just as the answer arrives
 				return resp, err
-			})
+			}))
 			res, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
 			require.NoError(t, err, "the locks were released: say so")
 			assert.Equal(t, 9, res.UnlockedCount)
 		})
 	})
+}
+
+// TestDeadlineErrorShapeNeverDependsOnJitter replays the same failing call
+// under 200 seeds of the backoff jitter. The jitter changes how many
+// attempts fit before the deadline, never the shape of the error: always a
+// *RequestError wrapping context.DeadlineExceeded and the last response's
+// *APIError, returned without sleeping into the deadline.
+func TestDeadlineErrorShapeNeverDependsOnJitter(t *testing.T) {
+	tests := []struct {
+		name     string
+		replies  []reply
+		opts     []Option
+		timeout  time.Duration
+		status   int
+		attempts []int // the attempt counts the seeds must produce between them
+	}{
+		{"503s, waits 1s to 10s, a 1.5s deadline", statuses(503), []Option{WithRetryWait(time.Second, 10*time.Second)},
+			1500 * time.Millisecond, 503, []int{1, 2}},
+		{"502s, default waits, a 3s deadline", statuses(502), nil, 3 * time.Second, 502, []int{3, 4}},
+		{"429s, 10 retries of 100ms to 1s, a 2s deadline", statuses(429), []Option{WithRetryWait(100*time.Millisecond, time.Second), WithMaxRetries(10)},
+			2 * time.Second, 429, []int{4, 5, 6, 7}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			seen := map[int]int{} // attempts -> seeds
+			for seed := range uint64(200) {
+				synctest.Test(t, func(t *testing.T) {
+					s := &fakeAPI{replies: tt.replies}
+					c := memClient(t, s, tt.opts...)
+					c.randN = rand.New(rand.NewPCG(seed, 9)).Int64N // the only way to seed the jitter
+					ctx, cancel := context.WithTimeout(context.Background(), tt.timeout)
+					defer cancel()
+					start := time.Now()
+					_, err := c.RequestQueue("q").UnlockRequests(ctx, "k")
+					elapsed := time.Since(start)
+
+					n := s.hits()
+					seen[n]++
+					var sum time.Duration
+					for _, w := range s.waits() {
+						sum += w
+					}
+					require.ErrorIs(t, err, context.DeadlineExceeded, "seed %d", seed)
+					var reqErr *RequestError
+					require.ErrorAs(t, err, &reqErr, "seed %d", seed)
+					assert.Equal(t, context.DeadlineExceeded, reqErr.Err, "seed %d", seed)
+					assert.Equal(t, n, reqErr.Attempts, "seed %d", seed)
+					var apiErr *APIError
+					require.ErrorAs(t, err, &apiErr, "seed %d", seed)
+					assert.Same(t, reqErr.Last, apiErr, "seed %d", seed)
+					assert.Equal(t, tt.status, apiErr.StatusCode, "seed %d", seed)
+					assert.Equal(t, fmt.Sprintf("t%d", tt.status), apiErr.Type, "seed %d", seed)
+					assert.Equal(t, n, apiErr.Attempts, "seed %d", seed)
+					assert.Less(t, elapsed, tt.timeout, "seed %d: returned before the deadline, not at it", seed)
+					assert.Equal(t, sum, elapsed, "seed %d: no time passed but the waits taken", seed)
+				})
+			}
+			t.Logf("attempts -> seeds: %v", seen)
+			for _, n := range tt.attempts {
+				assert.Positive(t, seen[n], "some seed made %d attempts: the jitter did vary", n)
+			}
+		})
+	}
 }
 
 func TestAttemptTimeout(t *testing.T) {
@@ -1105,7 +1236,7 @@ func TestWithHTTPClientIsNotMutatedNorItsPoolEmptied(t *testing.T) {
 	f, c, srv := setup(t, []reply{{status: 503}}, WithHTTPClient(user), WithMaxRetries(2))
 	_, err := unlock(c, "q", "k")
 	require.ErrorIs(t, err, ErrServerError)
-	f.replies = []reply{apiErr(404, "record-not-found", "no")}
+	f.script(apiErr(404, "record-not-found", "no"))
 	_, err = unlock(c, "q", "k")
 	require.ErrorIs(t, err, ErrNotFound)
 	srv.Close()
@@ -1153,6 +1284,9 @@ func TestTokenNeverLeaks(t *testing.T) {
 			fmt.Sprintf("%v|%+v|%#v|%s|%q", c, c, c, c, c),
 			fmt.Sprintf("%v|%+v|%#v|%s", q, q, q, q),
 			fmt.Sprintf("%v|%+v", *c, *q), // even the dereferenced structs
+			// The token's private holder itself: no public way reaches it,
+			// but code of this package that formats it by mistake must not
+			// leak either.
 			fmt.Sprintf("%v|%+v|%#v", c.token, c.token, c.token))
 	}
 	_, err := NewClient(WithToken(token + " x"))
@@ -1200,7 +1334,7 @@ func (h *ctxHandler) WithGroup(string) slog.Handler      { return h }
 func TestLogging(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := &ctxHandler{}
-		s := &scripted{replies: []reply{{status: 503, body: "secret body"}, {status: 429, header: map[string]string{"Retry-After": "2"}}, ok(5)}}
+		s := &fakeAPI{replies: []reply{{status: 503, body: "secret body"}, {status: 429, header: map[string]string{"Retry-After": "2"}}, ok(5)}}
 		c := memClient(t, s, WithLogger(slog.New(h)), WithToken("tok-LOG"))
 		c.randN = func(n int64) int64 { return n - 1 }
 		ctx := context.WithValue(context.Background(), ctxKey{}, "call-42")
