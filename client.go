@@ -39,8 +39,17 @@ const (
 )
 
 // maxBodyBytes bounds how much of a response body is read. Apify's
-// request-queue responses are a few kilobytes at most.
+// request-queue responses are a few kilobytes at most, but for listings.
 const maxBodyBytes = 1 << 20
+
+// maxListBodyBytes bounds a page of a listing (ListRequests,
+// ListRequestQueues): up to 10,000 requests, each with its own userData,
+// fit in it; a server that sends more still cannot make a call read
+// without end.
+const maxListBodyBytes = 32 << 20
+
+// bodyLimitKey carries an apiRequest's maxBody to the attempt transport.
+type bodyLimitKey struct{}
 
 // Client calls the Apify API. Create one with [NewClient] or
 // [NewClientFromEnv] and share it: it is safe for concurrent use, keeps a pool
@@ -405,6 +414,8 @@ type apiRequest struct {
 	// have been processed (429, or it never left: no connection could be
 	// made, or the TLS handshake timed out).
 	idempotent bool
+	// maxBody bounds the response body; 0 means maxBodyBytes.
+	maxBody int
 }
 
 // apiResponse is a 2xx response, its body already read.
@@ -472,6 +483,11 @@ func (c *Client) do(ctx context.Context, r apiRequest) (apiResponse, error) {
 		// from one the API may have acted on.
 		reqCtx = cl.traced(ctx)
 	}
+	limit := maxBodyBytes
+	if r.maxBody > 0 {
+		limit = r.maxBody
+		reqCtx = context.WithValue(reqCtx, bodyLimitKey{}, limit)
+	}
 	hreq := (&http.Request{
 		Method:     r.method,
 		URL:        u,
@@ -502,7 +518,7 @@ func (c *Client) do(ctx context.Context, r apiRequest) (apiResponse, error) {
 	}
 	out := apiResponse{method: r.method, path: r.ep.rawPath, status: resp.StatusCode, body: body}
 	if bodyTruncated(resp) {
-		return apiResponse{}, out.unexpected(fmt.Sprintf("the body is larger than %d bytes", maxBodyBytes))
+		return apiResponse{}, out.unexpected(fmt.Sprintf("the body is larger than %d bytes", limit))
 	}
 	return out, nil
 }

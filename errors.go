@@ -44,8 +44,9 @@ var (
 	// ErrInvalidQueueID matches a queue ID rejected before any I/O.
 	ErrInvalidQueueID = errors.New("invalid queue ID")
 	// ErrUnexpectedResponse matches a response that is not what the API
-	// documents: a 2xx without the expected JSON envelope, a body over 1 MiB,
-	// an undecodable body, or a redirect (redirects are never followed).
+	// documents: a 2xx without the expected JSON envelope, a body over 1 MiB
+	// (32 MiB for one page of ListRequests or ListRequestQueues), an
+	// undecodable body, or a redirect (redirects are never followed).
 	ErrUnexpectedResponse = errors.New("unexpected response")
 	// ErrAttemptTimeout matches a call whose last attempt was cut off by the
 	// per-attempt timeout ([WithTimeout]).

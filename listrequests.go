@@ -139,7 +139,7 @@ type requestsPage struct {
 // listRequestsPage fetches the page at cursor ("" for the first).
 func (q *RequestQueueClient) listRequestsPage(ctx context.Context, base query, cursor string) (*requestsPage, error) {
 	qs := append(query(nil), base...).add("cursor", cursor)
-	resp, err := q.c.do(ctx, apiRequest{method: http.MethodGet, ep: q.endpoint("/requests"), query: qs.encode(), idempotent: true})
+	resp, err := q.c.do(ctx, apiRequest{method: http.MethodGet, ep: q.endpoint("/requests"), query: qs.encode(), idempotent: true, maxBody: maxListBodyBytes})
 	if err != nil {
 		return nil, err
 	}

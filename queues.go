@@ -216,7 +216,7 @@ func (c *Client) ListRequestQueues(ctx context.Context, opts ListRequestQueuesOp
 		qs = qs.add("limit", strconv.Itoa(opts.Limit))
 	}
 	qs = qs.addBool("desc", opts.Desc).addBool("unnamed", opts.Unnamed).add("ownership", string(opts.Ownership))
-	resp, err := c.do(ctx, apiRequest{method: http.MethodGet, ep: c.queuesEndpoint(), query: qs.encode(), idempotent: true})
+	resp, err := c.do(ctx, apiRequest{method: http.MethodGet, ep: c.queuesEndpoint(), query: qs.encode(), idempotent: true, maxBody: maxListBodyBytes})
 	if err != nil {
 		return nil, err
 	}

@@ -361,6 +361,32 @@ func TestListRequests(t *testing.T) {
 		assert.Equal(t, 2, f.hits())
 	})
 
+	t.Run("a page may be larger than other calls' 1 MiB bound", func(t *testing.T) {
+		// 2,000 requests with 1 KiB of userData each: a page a crawler asks
+		// for (PageSize up to 10,000), over twice the bound of other calls.
+		big := strings.Repeat("x", 1024)
+		var b strings.Builder
+		b.WriteString(`{"data":{"items":[`)
+		for i := range 2000 {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, `{"id":"r%d","uniqueKey":"u%d","url":"http://x.test/%d","userData":{"pad":%q}}`, i, i, i, big)
+		}
+		b.WriteString(`]}}`)
+		require.Greater(t, b.Len(), 2*maxBodyBytes)
+		_, c, _ := setup(t, []reply{{status: 200, body: b.String()}})
+		ids, errs := collect(c.RequestQueue("q").ListRequests(ctx, ListRequestsOptions{PageSize: 2000}))
+		assert.Empty(t, errs)
+		assert.Len(t, ids, 2000)
+
+		// The same body on a call that is not a listing is refused.
+		_, c, _ = setup(t, []reply{{status: 200, body: b.String()}})
+		_, err := c.RequestQueue("q").GetRequest(ctx, "r0")
+		assert.ErrorIs(t, err, ErrUnexpectedResponse)
+		assert.ErrorContains(t, err, "larger than 1048576 bytes")
+	})
+
 	t.Run("items without an ID", func(t *testing.T) {
 		_, c, _ := setup(t, []reply{{status: 200, body: `{"data":{"items":[{"url":"x"}]}}`}})
 		_, errs := collect(c.RequestQueue("q").ListRequests(ctx, ListRequestsOptions{}))

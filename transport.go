@@ -12,7 +12,8 @@ import (
 )
 
 // attemptTransport makes one attempt: it bounds the attempt by the Client's
-// timeout and reads the whole response body (up to maxBodyBytes) before
+// timeout and reads the whole response body (up to maxBodyBytes, or the
+// call's own bound for a listing) before
 // returning, so that
 //
 //   - the timeout covers the body too, and a body that stops arriving is a
@@ -41,7 +42,11 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	if err != nil {
 		return nil, t.attemptError(ctx, err)
 	}
-	body, err := readBounded(resp.Body, resp.ContentLength, maxBodyBytes)
+	limit := maxBodyBytes
+	if n, ok := req.Context().Value(bodyLimitKey{}).(int); ok {
+		limit = n
+	}
+	body, err := readBounded(resp.Body, resp.ContentLength, limit)
 	if err != nil {
 		return nil, t.attemptError(ctx, &bodyReadError{err: err})
 	}
@@ -113,7 +118,7 @@ func corruptEncoding(err error) bool {
 type bufferedBody struct {
 	data      []byte
 	off       int
-	truncated bool   // the body was longer than maxBodyBytes; data holds its start
+	truncated bool   // the body was longer than its bound; data holds its start
 	location  string // a redirect's Location (see holdRedirect)
 
 	// small holds a body whose Content-Length says it fits (an unlock
@@ -179,7 +184,7 @@ func responseBody(resp *http.Response) []byte {
 	return nil
 }
 
-// bodyTruncated reports whether the response body was cut at maxBodyBytes.
+// bodyTruncated reports whether the response body was cut at its bound.
 func bodyTruncated(resp *http.Response) bool {
 	b, ok := resp.Body.(*bufferedBody)
 	return ok && b.truncated
