@@ -21,7 +21,7 @@ import (
 )
 
 // Version is the version of this module, sent in the User-Agent header.
-const Version = "0.1.0"
+const Version = "0.2.0"
 
 // DefaultBaseURL is the Apify API's address, used when no base URL is given.
 const DefaultBaseURL = "https://api.apify.com"

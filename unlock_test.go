@@ -313,7 +313,7 @@ func TestUserAgent(t *testing.T) {
 			assert.Equal(t, tt.want, f.requests()[0].Header.Get("User-Agent"))
 		})
 	}
-	assert.Equal(t, "rqkit-apify-go/0.1.0 (linux; go1.2.3); isAtHome/true; x", strings.Replace(
+	assert.Equal(t, "rqkit-apify-go/0.2.0 (linux; go1.2.3); isAtHome/true; x", strings.Replace(
 		userAgent(true, "x"), runtime.GOOS+"; "+runtime.Version(), "linux; go1.2.3", 1))
 }
 
