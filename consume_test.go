@@ -3,6 +3,7 @@ package apify_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rqkit/apify"
 	"github.com/rqkit/apify/apifytest"
@@ -237,6 +239,316 @@ func TestConsumeLongHandlerKeepsItsLock(t *testing.T) {
 				assert.False(t, st.Handled())
 				require.NotNil(t, st.Lock)
 				assert.Equal(t, "thief", st.Lock.ClientKey)
+			})
+		})
+	}
+}
+
+// consumeOne runs Consume on a queue of one request with handler h and
+// returns the stats, how often h ran, and the request as it ended.
+func consumeOne(t *testing.T, opts apify.ConsumeOptions, h func(run int, ctx context.Context, req *apify.Request) error) (*apify.ConsumeStats, int, *apify.Request) {
+	t.Helper()
+	_, q, ids := memQueue(t, 1)
+	var n atomic.Int32
+	stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
+		return h(int(n.Add(1)), ctx, req)
+	}, opts)
+	require.NoError(t, err)
+	req, err := q.GetRequest(context.Background(), ids[0])
+	require.NoError(t, err)
+	return stats, int(n.Load()), req
+}
+
+func TestConsumeRetriesFailures(t *testing.T) {
+	fail := func(int, context.Context, *apify.Request) error { return errors.New("HTTP 503 from the shop") }
+	for _, tc := range []struct {
+		name       string
+		maxRetries int
+		wantRuns   int
+	}{
+		{"default", 0, 4}, // 0 means 3 retries
+		{"two", 2, 3},
+		{"never", -1, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				stats, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "retry", MaxRetries: tc.maxRetries}, fail)
+				assert.Equal(t, tc.wantRuns, runs)
+				assert.Equal(t, tc.wantRuns-1, stats.Retried)
+				assert.Equal(t, 1, stats.Failed)
+				assert.Zero(t, stats.Handled)
+				assert.False(t, req.HandledAt.IsZero(), "given up: marked handled")
+				assert.Equal(t, tc.wantRuns-1, req.RetryCount)
+				require.Len(t, req.ErrorMessages, tc.wantRuns)
+				assert.Equal(t, "HTTP 503 from the shop", req.ErrorMessages[0])
+			})
+		})
+	}
+	t.Run("then succeeds", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			stats, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "retry"}, func(run int, ctx context.Context, req *apify.Request) error {
+				assert.Equal(t, run-1, req.RetryCount, "the handler sees the retry count")
+				if run < 3 {
+					return fmt.Errorf("attempt %d failed", run)
+				}
+				return nil
+			})
+			assert.Equal(t, 3, runs)
+			assert.Equal(t, apify.ConsumeStats{Handled: 1, Retried: 2, APICalls: stats.APICalls}, *stats)
+			assert.Equal(t, []string{"attempt 1 failed", "attempt 2 failed"}, req.ErrorMessages)
+			assert.Equal(t, 2, req.RetryCount)
+			assert.False(t, req.HandledAt.IsZero())
+		})
+	})
+	t.Run("error messages are bounded", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			long := strings.Repeat("é", 1500)
+			_, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "retry", MaxRetries: 14}, func(run int, _ context.Context, _ *apify.Request) error {
+				return fmt.Errorf("run %d: %s", run, long)
+			})
+			assert.Equal(t, 15, runs)
+			require.Len(t, req.ErrorMessages, 10, "the last 10 are kept")
+			assert.True(t, strings.HasPrefix(req.ErrorMessages[9], "run 15: "))
+			for _, m := range req.ErrorMessages {
+				assert.LessOrEqual(t, len(m), 1004)
+				assert.True(t, utf8.ValidString(m))
+			}
+		})
+	})
+}
+
+func TestConsumeErrNoRetry(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		stats, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "noretry", MaxRetries: 5}, func(int, context.Context, *apify.Request) error {
+			return fmt.Errorf("page is gone: %w", apify.ErrNoRetry)
+		})
+		assert.Equal(t, 1, runs, "not retried")
+		assert.Equal(t, 1, stats.Failed)
+		assert.Zero(t, stats.Retried)
+		assert.False(t, req.HandledAt.IsZero())
+		assert.Zero(t, req.RetryCount)
+		require.Len(t, req.ErrorMessages, 1)
+		assert.Contains(t, req.ErrorMessages[0], "page is gone")
+	})
+}
+
+func TestConsumePanicIsAFailureOfThatRequest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		stats, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "panic"}, func(run int, _ context.Context, _ *apify.Request) error {
+			if run == 1 {
+				var m map[string]int
+				m["boom"]++ // a nil map write: a runtime panic
+			}
+			return nil
+		})
+		assert.Equal(t, 2, runs)
+		assert.Equal(t, 1, stats.Handled)
+		assert.Equal(t, 1, stats.Retried)
+		require.Len(t, req.ErrorMessages, 1)
+		assert.Contains(t, req.ErrorMessages[0], "handler panicked: assignment to entry in nil map")
+	})
+}
+
+func TestConsumeHandlerTimeout(t *testing.T) {
+	t.Run("the handler's ctx ends and the request is retried", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			var causes []error
+			start := time.Now()
+			stats, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "timeout", HandlerTimeout: 5 * time.Second, MaxRetries: 1}, func(run int, ctx context.Context, _ *apify.Request) error {
+				<-ctx.Done()
+				causes = append(causes, context.Cause(ctx))
+				assert.Equal(t, 5*time.Second, time.Since(start)-time.Duration(run-1)*5*time.Second)
+				return ctx.Err()
+			})
+			assert.Equal(t, 2, runs)
+			assert.Equal(t, []error{apify.ErrHandlerTimeout, apify.ErrHandlerTimeout}, causes)
+			assert.Equal(t, 1, stats.Retried)
+			assert.Equal(t, 1, stats.Failed)
+			require.Len(t, req.ErrorMessages, 2)
+			assert.Contains(t, req.ErrorMessages[0], "the handler timed out after 5s")
+		})
+	})
+	t.Run("a handler that ignores its ctx stops being renewed and loses its lock", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			const lock = 10 * time.Second
+			srv, q, ids := memQueue(t, 1)
+			var n atomic.Int32
+			firstDone := make(chan struct{})
+			stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
+				if n.Add(1) == 1 {
+					defer close(firstDone)
+					time.Sleep(time.Minute) // ignores ctx
+					return nil
+				}
+				return nil
+			}, apify.ConsumeOptions{ClientKey: "hung", Concurrency: 2, LockDuration: lock, HandlerTimeout: 5 * time.Second})
+			require.NoError(t, err)
+			<-firstDone
+			assert.Equal(t, int32(2), n.Load(), "the request ran again once the hung handler's lock lapsed")
+			assert.Equal(t, 1, stats.LocksLost)
+			assert.Equal(t, 1, stats.Handled, "the hung handler's late nil is not recorded")
+			assert.Equal(t, 1, stats.LocksRenewed, "renewed only until HandlerTimeout plus a third of the lock")
+			st, _ := srv.Request(q.ID(), ids[0])
+			assert.True(t, st.Handled())
+			assert.Zero(t, st.RetryCount)
+		})
+	})
+}
+
+// A prolong refused with 403 means another client has the request: the
+// handler's ctx ends with ErrLockLost and its result is not recorded; the
+// request, back in the queue when the lock ends, runs again.
+func TestConsumeLostLock(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, ids := memQueue(t, 1)
+		srv.FailNext(apifytest.OpProlongRequestLock, 1, apifytest.Fault{Status: 403, Type: "request-handled-or-locked", Message: "locked by another client"})
+		var causes []error
+		var mu sync.Mutex
+		stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
+			select {
+			case <-time.After(30 * time.Second):
+				return nil
+			case <-ctx.Done():
+				mu.Lock()
+				causes = append(causes, context.Cause(ctx))
+				mu.Unlock()
+				return errors.New("interrupted")
+			}
+		}, apify.ConsumeOptions{ClientKey: "loser", LockDuration: 10 * time.Second, HandlerTimeout: time.Minute})
+		require.NoError(t, err)
+		assert.Equal(t, []error{apify.ErrLockLost}, causes)
+		assert.Equal(t, 1, stats.LocksLost)
+		assert.Equal(t, 1, stats.Handled, "the second run, after the lock ended, is recorded")
+		assert.Zero(t, stats.Retried, "the lost run's error is not recorded")
+		st, _ := srv.Request(q.ID(), ids[0])
+		assert.True(t, st.Handled())
+		assert.Zero(t, st.RetryCount)
+	})
+}
+
+// Locks left by an earlier run with the same clientKey are released first
+// thing, so their requests run at once instead of after the lock expires.
+func TestConsumeRecoversLocksAtStart(t *testing.T) {
+	for _, sameKey := range []bool{true, false} {
+		t.Run(fmt.Sprintf("sameKey=%v", sameKey), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv, q, _ := memQueue(t, 10)
+				head, err := q.ListAndLockHead(context.Background(), apify.LockHeadOptions{Limit: 4, LockDuration: time.Hour, ClientKey: "run-1"})
+				require.NoError(t, err)
+				require.Len(t, head.Items, 4)
+				key := "run-1"
+				if !sameKey {
+					key = "run-2"
+				}
+				start := time.Now()
+				stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil }, apify.ConsumeOptions{ClientKey: key})
+				require.NoError(t, err)
+				assert.Equal(t, 10, stats.Handled)
+				assert.Len(t, srv.Handled(q.ID()), 10)
+				if sameKey {
+					assert.Equal(t, 4, stats.RecoveredAtStart)
+					assert.Less(t, time.Since(start), 5*time.Second, "no wait for the old locks to expire")
+				} else {
+					assert.Zero(t, stats.RecoveredAtStart)
+					assert.GreaterOrEqual(t, time.Since(start), time.Hour, "another key's locks are waited out")
+				}
+			})
+		})
+	}
+}
+
+// On shutdown, prefetched requests that no handler started are back in the
+// queue at once, while running handlers drain and record their results.
+func TestConsumeShutdownReleasesPrefetchedAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 100)
+		ctx, cancel := context.WithCancel(context.Background())
+		started := make(chan string, 100)
+		release := make(chan struct{})
+		type result struct {
+			stats *apify.ConsumeStats
+			err   error
+		}
+		done := make(chan result, 1)
+		go func() {
+			stats, err := q.Consume(ctx, func(_ context.Context, req *apify.Request) error {
+				started <- req.ID
+				<-release // ignores ctx: drains within DrainTimeout
+				return nil
+			}, apify.ConsumeOptions{ClientKey: "stopper", Concurrency: 2, Prefetch: 10, DrainTimeout: time.Minute})
+			done <- result{stats, err}
+		}()
+		<-started
+		<-started
+		synctest.Wait()
+		require.Len(t, srv.LockedBy(q.ID(), "stopper"), 12, "2 running, 10 prefetched")
+
+		cancel()
+		synctest.Wait()
+		locked := srv.LockedBy(q.ID(), "stopper")
+		assert.Len(t, locked, 2, "only the running requests are still held")
+		assert.Len(t, srv.Pending(q.ID()), 98, "the prefetched ones are pending again, before the drain ends")
+
+		time.Sleep(10 * time.Second)
+		close(release)
+		res := <-done
+		require.ErrorIs(t, res.err, context.Canceled)
+		assert.Equal(t, 2, res.stats.Handled, "the drained handlers' results are recorded")
+		assert.Equal(t, 10, res.stats.ReleasedAtExit)
+		assert.Empty(t, srv.Locked(q.ID()))
+		assert.Len(t, srv.Handled(q.ID()), 2)
+		assert.Len(t, started, 0, "no handler started after the shutdown began")
+	})
+}
+
+// A handler that outlives DrainTimeout has its ctx cancelled; Consume
+// returns within DrainTimeout + 1.5 × ShutdownTimeout even if the handler
+// ignores it, and releases its lock.
+func TestConsumeShutdownIsBounded(t *testing.T) {
+	for _, obeys := range []bool{true, false} {
+		t.Run(fmt.Sprintf("handlerObeysCtx=%v", obeys), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv, q, ids := memQueue(t, 1)
+				ctx, cancel := context.WithCancel(context.Background())
+				started := make(chan struct{})
+				var cause error
+				handlerDone := make(chan struct{})
+				go func() {
+					<-started
+					time.Sleep(time.Second)
+					cancel()
+				}()
+				var stopped time.Time
+				t0 := time.Now()
+				stats, err := q.Consume(ctx, func(hctx context.Context, _ *apify.Request) error {
+					defer close(handlerDone)
+					close(started)
+					if obeys {
+						<-hctx.Done()
+						cause = context.Cause(hctx)
+						stopped = time.Now()
+						return hctx.Err()
+					}
+					time.Sleep(time.Hour)
+					return nil
+				}, apify.ConsumeOptions{ClientKey: "bounded", DrainTimeout: 3 * time.Second, ShutdownTimeout: 2 * time.Second, HandlerTimeout: 2 * time.Hour})
+				took := time.Since(t0) - time.Second // from the cancel
+				require.ErrorIs(t, err, context.Canceled)
+				assert.Equal(t, 1, stats.ReleasedAtExit, "the final unlock released the interrupted request")
+				assert.Zero(t, stats.Handled+stats.Retried+stats.Failed, "an interrupted run is not a failure")
+				st, _ := srv.Request(q.ID(), ids[0])
+				assert.Nil(t, st.Lock)
+				assert.False(t, st.Handled())
+				assert.Zero(t, st.RetryCount)
+				assert.LessOrEqual(t, took, 3*time.Second+3*time.Second, "within DrainTimeout + 1.5 x ShutdownTimeout")
+				if obeys {
+					assert.Equal(t, apify.ErrShuttingDown, cause)
+					assert.Equal(t, 3*time.Second, stopped.Sub(t0)-time.Second, "the handler's ctx ends when the drain time is over")
+					assert.Equal(t, 3*time.Second, took)
+				} else {
+					assert.Equal(t, 4*time.Second, took, "the drain, then half the shutdown budget for the cancelled handler")
+				}
+				<-handlerDone
 			})
 		})
 	}
