@@ -553,3 +553,178 @@ func TestConsumeShutdownIsBounded(t *testing.T) {
 		})
 	}
 }
+
+func TestConsumeRejectsBadOptionsBeforeAnyCall(t *testing.T) {
+	ok := func(context.Context, *apify.Request) error { return nil }
+	for _, tc := range []struct {
+		name   string
+		queue  string
+		h      apify.Handler
+		opts   apify.ConsumeOptions
+		is     error
+		naming string
+	}{
+		{"negative concurrency", "q", ok, apify.ConsumeOptions{Concurrency: -1}, apify.ErrInvalidInput, "ConsumeOptions.Concurrency is -1"},
+		{"lock too short", "q", ok, apify.ConsumeOptions{LockDuration: 500 * time.Millisecond}, apify.ErrInvalidInput, "ConsumeOptions.LockDuration is 500ms"},
+		{"lock too long", "q", ok, apify.ConsumeOptions{LockDuration: 48 * time.Hour}, apify.ErrInvalidInput, "ConsumeOptions.LockDuration is 48h0m0s"},
+		{"lock overflow", "q", ok, apify.ConsumeOptions{LockDuration: time.Duration(1<<63 - 1)}, apify.ErrInvalidInput, "ConsumeOptions.LockDuration"},
+		{"negative handler timeout", "q", ok, apify.ConsumeOptions{HandlerTimeout: -time.Second}, apify.ErrInvalidInput, "ConsumeOptions.HandlerTimeout is -1s"},
+		{"negative shutdown timeout", "q", ok, apify.ConsumeOptions{ShutdownTimeout: -time.Second}, apify.ErrInvalidInput, "ConsumeOptions.ShutdownTimeout is -1s"},
+		{"long client key", "q", ok, apify.ConsumeOptions{ClientKey: strings.Repeat("k", 33)}, apify.ErrInvalidClientKey, "ConsumeOptions.ClientKey"},
+		{"nil handler", "q", nil, apify.ConsumeOptions{}, apify.ErrInvalidInput, "the Handler is nil"},
+		{"bad queue ID", "", ok, apify.ConsumeOptions{}, apify.ErrInvalidQueueID, "queue ID is empty"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := apifytest.NewUnstartedServer()
+			stats, err := srv.Client().RequestQueue(tc.queue).Consume(context.Background(), tc.h, tc.opts)
+			require.ErrorIs(t, err, tc.is)
+			assert.Contains(t, err.Error(), tc.naming)
+			require.NotNil(t, stats)
+			assert.Zero(t, *stats)
+			assert.Zero(t, totalCalls(srv), "no I/O")
+		})
+	}
+}
+
+// Consume returns an error when the queue itself is unusable, after one call.
+func TestConsumeStopsOnAnUnusableQueue(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		is   error
+		make func(srv *apifytest.Server, queueID string) *apify.RequestQueueClient
+	}{
+		{"no such queue", apify.ErrNotFound, func(srv *apifytest.Server, _ string) *apify.RequestQueueClient {
+			return srv.Client(apify.WithToken("owner")).RequestQueue("NoSuchQueue123456")
+		}},
+		{"bad token", apify.ErrUnauthorized, func(srv *apifytest.Server, id string) *apify.RequestQueueClient {
+			return srv.Client(apify.WithToken("wrong")).RequestQueue(id)
+		}},
+		{"no permission", apify.ErrForbidden, func(srv *apifytest.Server, id string) *apify.RequestQueueClient {
+			srv.FailNext(apifytest.OpUnlockRequests, 1, apifytest.Fault{Status: 403, Type: "insufficient-permissions"})
+			return srv.Client(apify.WithToken("owner")).RequestQueue(id)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv, q, _ := memQueue(t, 3, apifytest.WithToken("owner"))
+				var ran atomic.Int32
+				stats, err := tc.make(srv, q.ID()).Consume(context.Background(), func(context.Context, *apify.Request) error {
+					ran.Add(1)
+					return nil
+				}, apify.ConsumeOptions{ClientKey: "k"})
+				require.ErrorIs(t, err, tc.is)
+				assert.Zero(t, ran.Load())
+				assert.Equal(t, 1, stats.APICalls, "the start-up unlock tells")
+				assert.Len(t, srv.Pending(q.ID()), 3)
+			})
+		})
+	}
+}
+
+// Queue calls that fail even after the client's retries slow Consume down;
+// they never fail a request, never lose one, and never run a handler twice.
+func TestConsumeRidesOutTransientFailures(t *testing.T) {
+	for _, op := range []apifytest.Operation{apifytest.OpUnlockRequests, apifytest.OpListAndLockHead, apifytest.OpGetRequest, apifytest.OpUpdateRequest, apifytest.OpProlongRequestLock, apifytest.OpDeleteRequestLock} {
+		for _, fault := range []apifytest.Fault{{Status: 503}, {Status: 429, RetryAfter: "2"}, {DropConnection: true}} {
+			t.Run(fmt.Sprintf("%s/%d", op, fault.Status), func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					srv, q, ids := memQueue(t, 6)
+					// 40 failures in a row: several calls' 5 attempts each,
+					// even when calls run in parallel.
+					srv.FailNext(op, 40, fault)
+					var seen runs
+					stats, err := q.Consume(context.Background(), func(_ context.Context, req *apify.Request) error {
+						time.Sleep(8 * time.Second) // long enough to need a prolong
+						if seen.add(req.ID) == 1 && req.URL == "https://shop.test/p/0" {
+							return errors.New("first run of p/0 fails") // exercises DELETE .../lock
+						}
+						return nil
+					}, apify.ConsumeOptions{ClientKey: "weather", Concurrency: 2, LockDuration: 10 * time.Second})
+					require.NoError(t, err)
+					assert.Equal(t, 6, stats.Handled)
+					assert.Zero(t, stats.Failed+stats.LocksLost)
+					assert.Equal(t, 1, stats.Retried)
+					assert.Positive(t, stats.CallErrors, "the failures were counted")
+					assert.GreaterOrEqual(t, srv.Calls(op), 40)
+					for i, id := range ids {
+						want := 1
+						if i == 0 {
+							want = 2
+						}
+						assert.Equal(t, want, seen.get(id), "request %d", i)
+					}
+					assert.Len(t, srv.Handled(q.ID()), 6)
+					assert.Empty(t, srv.Locked(q.ID()))
+				})
+			})
+		}
+	}
+}
+
+// While another client holds locks, Consume does not return: those
+// requests may come back, and when they do it handles them.
+func TestConsumeWaitsForOthersLocks(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 5)
+		_, err := q.ListAndLockHead(context.Background(), apify.LockHeadOptions{Limit: 1, LockDuration: 30 * time.Second, ClientKey: "other"})
+		require.NoError(t, err)
+		start := time.Now()
+		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil }, apify.ConsumeOptions{ClientKey: "patient"})
+		require.NoError(t, err)
+		assert.Equal(t, 5, stats.Handled)
+		assert.GreaterOrEqual(t, time.Since(start), 30*time.Second)
+		assert.Less(t, time.Since(start), 35*time.Second, "polled with a bounded backoff")
+		assert.Less(t, srv.Calls(apifytest.OpListAndLockHead), 45, "polling backs off")
+	})
+}
+
+func TestConsumeKeepAlive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 0)
+		ctx, cancel := context.WithCancel(context.Background())
+		handled := make(chan string, 1)
+		type result struct {
+			stats *apify.ConsumeStats
+			err   error
+		}
+		done := make(chan result, 1)
+		go func() {
+			stats, err := q.Consume(ctx, func(_ context.Context, req *apify.Request) error {
+				handled <- req.URL
+				return nil
+			}, apify.ConsumeOptions{ClientKey: "alive", KeepAlive: true})
+			done <- result{stats, err}
+		}()
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		select {
+		case r := <-done:
+			t.Fatalf("Consume returned on an empty queue with KeepAlive: %v", r.err)
+		default:
+		}
+		polls := srv.Calls(apifytest.OpListAndLockHead)
+		assert.Less(t, polls, 3600+10, "an idle consumer polls every 1 to 2 s")
+		assert.Greater(t, polls, 3600/2-10)
+		srv.AddRequests(q.ID(), apifytest.Request{URL: "https://shop.test/late"})
+		assert.Equal(t, "https://shop.test/late", <-handled)
+		cancel()
+		r := <-done
+		require.ErrorIs(t, r.err, context.Canceled)
+		assert.Equal(t, 1, r.stats.Handled)
+	})
+}
+
+// A queue that becomes unusable mid-run (the token revoked) stops Consume
+// with that error, and it still releases what it holds.
+func TestConsumeStopsWhenTheQueueBecomesUnusable(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 30)
+		srv.FailNext(apifytest.OpGetRequest, 1, apifytest.Fault{Status: 401, Type: "invalid-token"})
+		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil }, apify.ConsumeOptions{ClientKey: "revoked", Concurrency: 1})
+		require.ErrorIs(t, err, apify.ErrUnauthorized)
+		assert.Zero(t, stats.Handled)
+		assert.Equal(t, 26, stats.ReleasedAtExit, "the locked batch (1 + 25 prefetched) went back at exit")
+		assert.Empty(t, srv.Locked(q.ID()))
+		assert.Len(t, srv.Pending(q.ID()), 30)
+	})
+}
