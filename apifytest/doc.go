@@ -63,6 +63,46 @@
 // [Server.Calls] counts the calls an operation received. [WithClock] with a
 // [ManualClock] moves time only when the test says so.
 //
+// # Rate limits
+//
+// Apify limits the calls on each request queue per second, by class of
+// operation. [WithRateLimits] (apify-rq serve --rate-limits) turns on a
+// model of these limits, off by default; [DefaultRateLimits] holds the
+// documented ones:
+//
+//	request CRUD  400/s  add, get, update (mark handled), delete one request;
+//	                     prolong (PUT .../lock) and delete (DELETE .../lock) its lock
+//	batch          40/s  POST head/lock, batch add, batch delete
+//	other          60/s  everything else: unlock, GET head, list, get, update
+//	                     and delete a queue, get-or-create
+//
+// Each queue has one budget per class: a token bucket that holds up to one
+// second's worth of calls (the limit) and refills continuously at the limit
+// per second (a GCRA), read from the server's [Clock]. So a queue that was
+// quiet takes limit calls in one instant, then one every 1/limit seconds;
+// with a [ManualClock] nothing refills until the clock moves, and inside a
+// testing/synctest bubble refilling follows fake time. A call over its
+// budget gets 429 rate-limit-exceeded with "Retry-After: 1" (the wait
+// rounded up to whole seconds; the real wait is at most 1/limit), before
+// it reads its body or touches any state. The budget is taken after
+// authentication: a 401 costs nothing, and a call naming a queue that does
+// not exist is never limited (it gets 404). "~name" and the queue's ID
+// share a budget; get-or-create counts against the caller's user.
+// [Server.RateLimited] counts the 429s per operation ([Server.Calls]
+// counts them too). Every response carries X-RateLimit-Limit, the limit of
+// its operation's class (60 outside any operation), with the model on or
+// off.
+//
+// # Listening
+//
+// [Server.Start] (and [NewServer], [Start]) serve on a loopback port with
+// [Server.HTTPServer], which bounds what a client can cost ([HTTPLimits],
+// [WithHTTPLimits]): a call must arrive within 30 s (its headers within
+// 10 s), so a client sending a byte a second is cut off; a keep-alive
+// connection idle for 60 s is closed; at most 512 connections are open at
+// once (one more is closed as soon as it is accepted); headers are at most
+// 64 KiB. [New] returns an error where [NewUnstartedServer] panics.
+//
 // # Reading the state
 //
 // [Server.Requests], [Server.Pending], [Server.Locked], [Server.LockedBy],
@@ -128,14 +168,28 @@
 //     Unicode code points), invalid UTF-8, or control characters give 400
 //     invalid-client-key.
 //   - Bodies. A JSON body needs Content-Type application/json (else 400
-//     invalid-content-type-header), may be gzip or deflate encoded (other
-//     encodings give 415 unsupported-content-encoding), and may have at most
-//     9437184 bytes (else 413 request-too-large). Malformed JSON, a wrong
+//     invalid-content-type-header). Its Content-Encoding may be br, gzip
+//     (or x-gzip), deflate (zlib-wrapped, as HTTP defines it) or identity,
+//     or a comma-separated list of them (in one header or several) in the
+//     order they were applied, undone last first; at most 3 codings other
+//     than identity. Any other coding, such as zstd, or a longer list,
+//     gives 415 unsupported-content-encoding naming it; a body its coding
+//     cannot decode gives 400 invalid-input. A body may have at most
+//     9437184 bytes as sent and again once decoded (else 413
+//     request-too-large, saying which): decoding streams and stops just past
+//     the limit, so a compression bomb costs little time and memory. Malformed JSON, a wrong
 //     JSON type or a missing uniqueKey or url gives 400 invalid-input naming
 //     the field (and, in a batch, the index). uniqueKey is required, as the
 //     spec's RequestWithoutId says; an added request must not carry an id.
 //     Fields outside the spec's RequestBase are dropped, null fields are
 //     omitted, and handledAt is omitted while a request is not handled.
+//   - Sizes. A request's uniqueKey and url may each have at most
+//     [MaxKeyBytes] (16 KiB) bytes (else 400 invalid-input naming the
+//     field). GET head, head/lock and list stop before the request that would
+//     take their response past about 8 MiB (returning at least one), so a
+//     few huge requests cannot make one call cost a gigabyte: head/lock
+//     locks only what it returns, and the list's nextCursor continues where
+//     it stopped.
 //   - Batches take 0 to 25 requests. A uniqueKey repeated within a batch add
 //     is reported wasAlreadyPresent; deleting a request that does not exist
 //     counts as processed.
@@ -148,8 +202,14 @@
 //     queueHasLockedRequests is computed after head/lock took its locks.
 //   - Users. "~name" is the caller's queue, "username~name" the named user's
 //     (404 record-not-found when there is no such user or queue; 403
-//     insufficient-permissions for another user's queue, whose ID still
-//     works). Queue IDs are 17 random letters and digits. Queue names are
+//     insufficient-permissions for another user's queue unless its
+//     generalAccess is ANYONE_WITH_NAME_CAN_READ). Another user may read a
+//     queue by its ID (get it, list, GET head, get a request) unless its
+//     generalAccess is RESTRICTED, but only the owner may change it: every
+//     other operation (head/lock, unlock, add, update, delete, locks,
+//     rename, delete the queue) by another user gives 403
+//     insufficient-permissions, the spec's Forbidden response, and changes
+//     nothing. Queue IDs are 17 random letters and digits. Queue names are
 //     letters, digits and inner hyphens, at most 63 characters; renaming to
 //     a name in use gives 400 name-not-unique. Creating a queue returns 201
 //     with a Location header, and 200 when the named queue existed.
@@ -157,8 +217,23 @@
 //     another method gives 405 method-not-allowed listing the methods;
 //     OPTIONS gives 204 with Allow. The spec's method override (?method=POST)
 //     is honoured.
+//   - Query strings. A query string that does not parse (a stray '%', a
+//     ';' separator) gives 400 invalid-input, as does any parameter given
+//     more than once. Whole-number parameters (limit, lockSecs) are decimal
+//     digits with an optional sign and zero fraction ("25", "+25", "25.0");
+//     hex, exponents and the like ("0x1p1", "6e1") give 400 invalid-input.
+//   - Browsers. A state-changing call (any method but GET, HEAD and
+//     OPTIONS, after ?method=) that carries Sec-Fetch-Site cross-site or
+//     same-site, an Origin other than the server's own (or "null"), or, when
+//     ?method= turned a GET into it, a Referer of another site, gives 403
+//     insufficient-permissions: a web page open in the developer's browser
+//     cannot change even a tokenless emulator's state. Programs send none of
+//     these headers. Reads are allowed (the emulator sends no CORS headers,
+//     so another site cannot read the answers).
 //   - Time is UTC with millisecond precision; a lock has expired from its
-//     lockExpiresAt on. Injected faults answer before authentication and
-//     before any state changes. Rate limits are not emulated (inject 429s
-//     with FailNext).
+//     lockExpiresAt on. Each call reads the clock once, when it arrives,
+//     and all of it (expiring locks, the new expiry, timestamps, the rate
+//     limit) happens at that instant. Injected faults answer before authentication and
+//     before any state changes. Rate limits are modelled only with
+//     [WithRateLimits] (see Rate limits); FailNext injects any other 429.
 package apifytest

@@ -100,3 +100,34 @@ func ExampleWithRunToken() {
 	// Output:
 	// unlocked: 2
 }
+
+// The rate-limit model refuses the call over a queue's budget with 429 and
+// Retry-After; with a ManualClock the budget refills only when the test
+// moves the clock.
+func ExampleWithRateLimits() {
+	clock := apifytest.NewManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	srv := apifytest.NewServer(apifytest.WithClock(clock),
+		apifytest.WithRateLimits(apifytest.RateLimits{Batch: 2})) // the others as documented
+	defer srv.Close()
+	queueID := srv.CreateQueue("crawl")
+	lock := func() {
+		resp, err := http.Post(srv.URL+"/v2/request-queues/"+queueID+"/head/lock?lockSecs=60&clientKey=k", "", nil)
+		if err != nil {
+			log.Fatal(err)
+		}
+		resp.Body.Close()
+		fmt.Printf("%s; X-RateLimit-Limit %s; Retry-After %q\n", resp.Status, resp.Header.Get("X-RateLimit-Limit"), resp.Header.Get("Retry-After"))
+	}
+	lock()
+	lock()
+	lock()
+	clock.Advance(500 * time.Millisecond) // half a second refills one call of 2 per second
+	lock()
+	fmt.Println("refused:", srv.RateLimited(apifytest.OpListAndLockHead))
+	// Output:
+	// 201 Created; X-RateLimit-Limit 2; Retry-After ""
+	// 201 Created; X-RateLimit-Limit 2; Retry-After ""
+	// 429 Too Many Requests; X-RateLimit-Limit 2; Retry-After "1"
+	// 201 Created; X-RateLimit-Limit 2; Retry-After ""
+	// refused: 1
+}

@@ -77,6 +77,7 @@ type pendingFault struct {
 type faults struct {
 	mu      sync.Mutex
 	calls   map[Operation]int
+	limited map[Operation]int // calls refused by the rate-limit model
 	pending map[Operation][]pendingFault
 }
 

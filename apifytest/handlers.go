@@ -12,11 +12,15 @@ import (
 	"math"
 	"mime"
 	"net/http"
+	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/andybalholm/brotli"
 )
 
 // Limits of the API the emulator enforces (see the package documentation).
@@ -28,6 +32,9 @@ const (
 	MaxBatchSize = 25
 	// MaxClientKeyLength is the longest clientKey accepted, in characters.
 	MaxClientKeyLength = 32
+	// MaxKeyBytes is the longest uniqueKey, and the longest url, that a
+	// request may have, in bytes.
+	MaxKeyBytes = 16 << 10
 
 	maxHeadLockLimit     = 25
 	defaultHeadLockLimit = 25
@@ -71,18 +78,28 @@ func (s *Server) routes() http.Handler {
 	} {
 		mux.HandleFunc(rt.pattern, s.operation(rt.op, rt.f))
 	}
-	return router{mux}
+	return router{mux, strconv.Itoa(s.limiter.limits.Other)}
 }
 
-// operation wraps an opFunc: it counts the call, serves an injected fault
-// if one is due, authenticates the caller, and writes any error.
+// operation wraps an opFunc: it reads the clock (the call's only reading),
+// sets X-RateLimit-Limit, counts the call, serves an injected fault if one
+// is due, authenticates the caller, applies the rate-limit model, and
+// writes any error.
 func (s *Server) operation(op Operation, f opFunc) http.HandlerFunc {
+	class := classOf(op)
+	limit := strconv.Itoa(s.limiter.limits.of(class))
 	return func(w http.ResponseWriter, r *http.Request) {
+		now := s.store.now()
+		w.Header().Set("X-RateLimit-Limit", limit)
 		if fault, ok := s.faults.next(op); ok {
 			serveFault(w, op, fault)
 			return
 		}
 		c, err := s.authenticate(r)
+		if err == nil {
+			c.now = now
+			err = s.rateLimit(w, r, op, class, c)
+		}
 		if err == nil {
 			err = f(w, r, c)
 		}
@@ -92,16 +109,63 @@ func (s *Server) operation(op Operation, f opFunc) http.HandlerFunc {
 	}
 }
 
+// rateLimit applies the rate-limit model, when it is on, to a call of op
+// by c: calls on one queue share a budget per class; get-or-create, which
+// names no queue, counts against the caller's user. Calls on a queue that
+// does not exist are not limited (they get 404).
+func (s *Server) rateLimit(w http.ResponseWriter, r *http.Request, op Operation, class rateClass, c caller) error {
+	if !s.limiter.on {
+		return nil
+	}
+	key := "user " + c.user
+	if op != OpGetOrCreateQueue {
+		if key = s.store.queueID(c, r.PathValue("queueId")); key == "" {
+			return nil
+		}
+	}
+	ok, wait := s.limiter.allow(key, class, c.now)
+	if ok {
+		return nil
+	}
+	s.faults.mu.Lock()
+	s.faults.limited[op]++
+	s.faults.mu.Unlock()
+	w.Header().Set("Retry-After", retryAfter(wait))
+	return errRateLimited(class, s.limiter.limits.of(class))
+}
+
 // router applies the API's method override (?method=POST), serves routed
 // calls with the mux, and answers the rest: OPTIONS with the allowed
 // methods, a known path with a wrong method with 405 method-not-allowed, and
 // anything else with 404 page-not-found.
-type router struct{ mux *http.ServeMux }
+type router struct {
+	mux        *http.ServeMux
+	otherLimit string // X-RateLimit-Limit of calls outside any operation
+}
 
 func (rt router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if m := r.URL.Query().Get("method"); m != "" {
+	w.Header().Set("X-RateLimit-Limit", rt.otherLimit)
+	query, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		writeError(w, errInvalidInput("The query string cannot be parsed: each parameter must be name=value, "+
+			"separated by '&' (not ';'), with '%%' only as in %%2F"))
+		return
+	}
+	for name, vals := range query {
+		if len(vals) > 1 {
+			writeError(w, errInvalidInput("Query parameter %q is given %d times; give each parameter at most once", clip(name), len(vals)))
+			return
+		}
+	}
+	overridden := false
+	if m := query.Get("method"); m != "" {
 		r = r.Clone(r.Context())
-		r.Method = strings.ToUpper(m)
+		r.Method, overridden = strings.ToUpper(m), r.Method != strings.ToUpper(m)
+	}
+	if why := crossSite(r, overridden); why != "" {
+		writeError(w, errInsufficientPermissions("Refused a %s from a web page of another site (%s): a browser must not change the emulator's state; "+
+			"call it from a program, which sends no Origin or Sec-Fetch-Site", r.Method, why))
+		return
 	}
 	h, pattern := rt.mux.Handler(r)
 	if pattern != "" {
@@ -129,6 +193,55 @@ func (rt router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	writeError(w, newAPIError(http.StatusMethodNotAllowed, "method-not-allowed",
 		"This API end-point can only be accessed using the following HTTP methods: %s", strings.Join(allowed, ",")))
+}
+
+// crossSite says why a state-changing call looks like one a web page of
+// another site made the browser send, or "" when it does not: the browser's
+// Sec-Fetch-Site is cross-site or same-site, or its Origin (or, for a GET
+// turned into another method by ?method=, its Referer) is not this server.
+// Programs send none of these headers. Reading calls are not checked: the
+// emulator sends no CORS headers, so another site cannot read the answers.
+func crossSite(r *http.Request, overridden bool) string {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return ""
+	}
+	switch site := strings.ToLower(r.Header.Get("Sec-Fetch-Site")); site {
+	case "", "same-origin", "none":
+	default:
+		return "Sec-Fetch-Site: " + clip(site)
+	}
+	foreign := func(header string) string {
+		v := r.Header.Get(header)
+		if v == "" {
+			return ""
+		}
+		if u, err := url.Parse(v); err != nil || !strings.EqualFold(u.Host, r.Host) {
+			host := "an unparsable URL"
+			if err == nil && u.Host != "" {
+				host = clip(u.Host) // never the whole URL: its query may hold a token
+			} else if v == "null" {
+				host = "null"
+			}
+			return header + " from " + host
+		}
+		return ""
+	}
+	if why := foreign("Origin"); why != "" {
+		return why
+	}
+	if overridden {
+		return foreign("Referer")
+	}
+	return ""
+}
+
+// clip shortens a client's string for an error message.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
 }
 
 // probeWriter records what the mux's fallback handler would answer.
@@ -207,9 +320,9 @@ func wholeParam(r *http.Request, name string, def, lo, hi int, clamp bool) (int,
 	v, err := strconv.ParseFloat(raw[0], 64)
 	switch {
 	case err != nil || math.IsNaN(v) || math.IsInf(v, 0):
-		return 0, errInvalidInput("Query parameter %q must be a number; got %q", name, raw[0])
-	case v != math.Trunc(v):
-		return 0, errInvalidInput("Query parameter %q must be a whole number; got %q", name, raw[0])
+		return 0, errInvalidInput("Query parameter %q must be a number; got %q", name, clip(raw[0]))
+	case !wholeNumber.MatchString(raw[0]):
+		return 0, errInvalidInput("Query parameter %q must be a whole number in decimal digits, such as 25; got %q", name, clip(raw[0]))
 	case v < float64(lo):
 		return 0, errInvalidInput("Query parameter %q must be at least %d; got %q", name, lo, raw[0])
 	case v > float64(hi) && clamp:
@@ -219,6 +332,10 @@ func wholeParam(r *http.Request, name string, def, lo, hi int, clamp bool) (int,
 	}
 	return int(v), nil
 }
+
+// wholeNumber is how a whole-number query parameter may be written: decimal
+// digits, optionally signed, optionally with a zero fraction ("60.0").
+var wholeNumber = regexp.MustCompile(`^[-+]?[0-9]{1,15}(\.0+)?$`)
 
 // lockSecsParam parses the required lockSecs.
 func lockSecsParam(r *http.Request) (int, error) {
@@ -241,7 +358,8 @@ func boolParam(r *http.Request, name string) (bool, error) {
 }
 
 // readJSONBody reads a request body that must be JSON: Content-Type
-// application/json, at most 9 MiB, gzip or deflate encoded or not.
+// application/json, at most maxBodyBytes both on the wire and decoded, in
+// the content codings of decodeBody.
 func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	ct := r.Header.Get("Content-Type")
 	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
@@ -251,33 +369,22 @@ func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 		return nil, newAPIError(http.StatusBadRequest, "invalid-content-type-header",
 			"The request has a JSON body, so its Content-Type header must be \"application/json\"; got %s", strconv.Quote(ct))
 	}
-	var body io.Reader = http.MaxBytesReader(w, r.Body, maxBodyBytes)
-	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
-	case "", "identity":
-	case "gzip", "x-gzip":
-		zr, err := gzip.NewReader(body)
-		if err != nil {
-			return nil, errInvalidInput("The gzip-encoded request body is corrupt: %v", err)
-		}
-		body = zr
-	case "deflate":
-		zr, err := zlib.NewReader(body)
-		if err != nil {
-			return nil, errInvalidInput("The deflate-encoded request body is corrupt: %v", err)
-		}
-		body = zr
-	default:
-		return nil, newAPIError(http.StatusUnsupportedMediaType, "unsupported-content-encoding",
-			"Content-Encoding %q is not supported.", enc)
+	body, err := decodeBody(http.MaxBytesReader(w, r.Body, maxBodyBytes), r.Header.Values("Content-Encoding"))
+	if err != nil {
+		return nil, err
 	}
 	data, err := io.ReadAll(io.LimitReader(body, maxBodyBytes+1))
 	var tooBig *http.MaxBytesError
 	switch {
-	case errors.As(err, &tooBig) || len(data) > maxBodyBytes:
+	case errors.As(err, &tooBig):
 		return nil, newAPIError(http.StatusRequestEntityTooLarge, "request-too-large",
-			"The request body is too large (limit: %d bytes).", maxBodyBytes)
+			"The request body is too large (limit: %d bytes, as sent).", maxBodyBytes)
+	case len(data) > maxBodyBytes:
+		return nil, newAPIError(http.StatusRequestEntityTooLarge, "request-too-large",
+			"The request body is too large (limit: %d bytes, once decoded).", maxBodyBytes)
 	case err != nil:
-		return nil, errInvalidInput("The request body could not be read: %v", err)
+		return nil, errInvalidInput("The request body could not be read or decoded (Content-Encoding %q): %v",
+			strings.Join(r.Header.Values("Content-Encoding"), ", "), err)
 	case len(bytes.TrimSpace(data)) == 0:
 		return nil, errInvalidInput("The request body is empty; it must be JSON")
 	}
@@ -286,6 +393,55 @@ func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 		return nil, errInvalidInput("The request body is not valid JSON: %s", jsonErrorText(err))
 	}
 	return data, nil
+}
+
+// maxCodings is how many content codings other than identity one body may
+// have.
+const maxCodings = 3
+
+// decodeBody undoes the content codings of a body, as listed by its
+// Content-Encoding headers: br, gzip (or x-gzip), deflate (zlib, as HTTP
+// defines it) and identity, comma-separated and in the order they were
+// applied, so the last is undone first. Decoding streams: it reads as the
+// caller reads, so the caller's limit bounds the work and the memory.
+func decodeBody(body io.Reader, headers []string) (io.Reader, error) {
+	var codings []string
+	for _, h := range headers {
+		for _, c := range strings.Split(h, ",") {
+			switch c = strings.ToLower(strings.TrimSpace(c)); c {
+			case "", "identity":
+			case "br", "gzip", "x-gzip", "deflate":
+				codings = append(codings, c)
+			default:
+				return nil, newAPIError(http.StatusUnsupportedMediaType, "unsupported-content-encoding",
+					"Content-Encoding %q is not supported; use br, gzip, deflate or identity.", c)
+			}
+		}
+	}
+	if len(codings) > maxCodings {
+		return nil, newAPIError(http.StatusUnsupportedMediaType, "unsupported-content-encoding",
+			"Content-Encoding lists %d codings; at most %d are supported on one body.", len(codings), maxCodings)
+	}
+	for i := len(codings) - 1; i >= 0; i-- {
+		var err error
+		switch codings[i] {
+		case "br":
+			body = brotli.NewReader(body)
+		case "gzip", "x-gzip":
+			body, err = gzip.NewReader(body)
+		case "deflate":
+			body, err = zlib.NewReader(body)
+		}
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, newAPIError(http.StatusRequestEntityTooLarge, "request-too-large",
+				"The request body is too large (limit: %d bytes, as sent).", maxBodyBytes)
+		}
+		if err != nil {
+			return nil, errInvalidInput("The %s-encoded request body is corrupt: %v", codings[i], err)
+		}
+	}
+	return body, nil
 }
 
 func jsonErrorText(err error) string {
@@ -361,6 +517,11 @@ func parseRequest(raw json.RawMessage, where string) (requestData, string, error
 		return d, "", err
 	} else if !ok || d.url == "" {
 		return d, "", errInvalidInput("%s: field \"url\" is required and must not be empty", where)
+	}
+	for _, f := range []struct{ name, v string }{{"uniqueKey", d.uniqueKey}, {"url", d.url}} {
+		if len(f.v) > MaxKeyBytes {
+			return d, "", errInvalidInput("%s: field %q has %d bytes; at most %d are stored", where, f.name, len(f.v), MaxKeyBytes)
+		}
 	}
 	if meth, ok, err := str("method"); err != nil {
 		return d, "", err
@@ -608,7 +769,7 @@ type deletedJSON struct {
 // The operations.
 
 func (s *Server) serveCreateQueue(w http.ResponseWriter, r *http.Request, c caller) error {
-	info, created, err := s.store.createQueue(c.user, r.URL.Query().Get("name"))
+	info, created, err := s.store.createQueue(c, r.URL.Query().Get("name"))
 	if err != nil {
 		return err
 	}
@@ -671,9 +832,11 @@ func (s *Server) serveUpdateQueue(w http.ResponseWriter, r *http.Request, c call
 }
 
 func (s *Server) serveDeleteQueue(w http.ResponseWriter, r *http.Request, c caller) error {
-	if err := s.store.deleteQueue(c, r.PathValue("queueId")); err != nil {
+	id, err := s.store.deleteQueue(c, r.PathValue("queueId"))
+	if err != nil {
 		return err
 	}
+	s.limiter.forget(id)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

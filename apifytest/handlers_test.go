@@ -211,7 +211,7 @@ func TestRequestOperations(t *testing.T) {
 		{name: "add a gzip-encoded body", op: OpAddRequest, method: "POST", path: qp + "/requests",
 			body: gzipped(`{"url":"https://x.test/","uniqueKey":"x"}`), header: []string{"Content-Encoding", "gzip"}, status: 201},
 		{name: "add with an unsupported encoding", op: OpAddRequest, method: "POST", path: qp + "/requests",
-			body: `{}`, header: []string{"Content-Encoding", "br"}, status: 415, errType: "unsupported-content-encoding", msg: []string{`"br"`}},
+			body: `{}`, header: []string{"Content-Encoding", "zstd"}, status: 415, errType: "unsupported-content-encoding", msg: []string{`"zstd"`}},
 		{name: "add without uniqueKey", op: OpAddRequest, method: "POST", path: qp + "/requests", body: map[string]any{"url": "https://x.test/"}, status: 400,
 			errType: "invalid-input", msg: []string{`"uniqueKey" is required`}},
 		{name: "add without url", op: OpAddRequest, method: "POST", path: qp + "/requests", body: map[string]any{"uniqueKey": "x"}, status: 400,

@@ -2,15 +2,18 @@ package apifytest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rqkit/apify"
@@ -28,7 +31,10 @@ type Server struct {
 	store   *store
 	faults  faults
 	tokens  map[string]tokenInfo
-	plain   string // the first WithToken token, for Client
+	plain   string // the token Client uses: the first WithToken token, else a user token, else a run token
+	limiter rateLimiter
+	limits  HTTPLimits
+	conns   atomic.Int64 // open connections of every HTTPServer
 	handler http.Handler
 
 	mu      sync.Mutex
@@ -49,6 +55,9 @@ type config struct {
 	clock  Clock
 	queues []string
 	errs   []string
+	// rateLimits is set by WithRateLimits.
+	rateLimits *RateLimits
+	httpLimits HTTPLimits
 }
 
 // Option configures a [Server].
@@ -133,7 +142,7 @@ func WithQueue(name string) Option {
 
 // NewServer starts an emulator on a loopback port and returns it. Close it
 // when done. It panics on a bad option or when it cannot listen, like
-// httptest.NewServer.
+// httptest.NewServer; [New] returns the error instead.
 func NewServer(opts ...Option) *Server {
 	s := NewUnstartedServer(opts...)
 	s.Start()
@@ -159,8 +168,18 @@ func Start(tb TB, opts ...Option) *Server {
 // NewUnstartedServer returns an emulator that does not listen yet: serve it
 // with [Server.Handler] in memory (inside a testing/synctest bubble, say, or
 // behind your own http.Server), or call [Server.Start]. It panics on a bad
-// option.
+// option; [New] returns the error instead.
 func NewUnstartedServer(opts ...Option) *Server {
+	s, err := New(opts...)
+	if err != nil {
+		panic(err.Error())
+	}
+	return s
+}
+
+// New is [NewUnstartedServer] for programs: it returns an emulator that
+// does not listen yet, or an error naming every bad option.
+func New(opts ...Option) (*Server, error) {
 	cfg := config{tokens: map[string]tokenInfo{}, clock: systemClock{}}
 	for _, opt := range opts {
 		if opt != nil {
@@ -168,19 +187,110 @@ func NewUnstartedServer(opts ...Option) *Server {
 		}
 	}
 	if len(cfg.errs) > 0 {
-		panic("apifytest: " + strings.Join(cfg.errs, "; "))
+		return nil, errors.New("apifytest: " + strings.Join(cfg.errs, "; "))
 	}
 	s := &Server{
-		store:  newStore(cfg.clock),
-		faults: faults{calls: map[Operation]int{}, pending: map[Operation][]pendingFault{}},
-		tokens: cfg.tokens,
-		plain:  cfg.plain,
+		store:   newStore(cfg.clock),
+		faults:  faults{calls: map[Operation]int{}, limited: map[Operation]int{}, pending: map[Operation][]pendingFault{}},
+		tokens:  cfg.tokens,
+		plain:   cfg.plain,
+		limiter: rateLimiter{limits: DefaultRateLimits, tat: map[rateKey]time.Time{}},
+		limits:  cfg.httpLimits.withDefaults(),
+	}
+	if cfg.rateLimits != nil {
+		s.limiter.limits, s.limiter.on = *cfg.rateLimits, true
+	}
+	if s.plain == "" && len(cfg.tokens) > 0 { // Client needs a token: a user's, else a run's
+		toks := slices.Sorted(maps.Keys(cfg.tokens))
+		s.plain = toks[0]
+		for _, tok := range toks {
+			if cfg.tokens[tok].runID == "" {
+				s.plain = tok
+				break
+			}
+		}
 	}
 	s.handler = s.routes()
 	for _, name := range cfg.queues {
 		s.CreateQueue(name)
 	}
-	return s
+	return s, nil
+}
+
+// HTTPLimits bound what clients can cost a listening emulator ([Server.Start]
+// or [Server.HTTPServer]). Zero fields take the defaults.
+type HTTPLimits struct {
+	// ReadTimeout is how long a client may take to send one call, body
+	// included (default 30 s); the headers alone get at most 10 s. A
+	// client that sends its body a byte a second is cut off.
+	ReadTimeout time.Duration
+	// WriteTimeout is how long a client may take to read an answer
+	// (default 30 s).
+	WriteTimeout time.Duration
+	// IdleTimeout is how long a keep-alive connection may wait for its
+	// next call before it is closed (default 60 s).
+	IdleTimeout time.Duration
+	// MaxConns is how many connections may be open at once (default 512);
+	// a connection over the limit is closed as soon as it is accepted.
+	MaxConns int
+}
+
+func (l HTTPLimits) withDefaults() HTTPLimits {
+	if l.ReadTimeout <= 0 {
+		l.ReadTimeout = 30 * time.Second
+	}
+	if l.WriteTimeout <= 0 {
+		l.WriteTimeout = 30 * time.Second
+	}
+	if l.IdleTimeout <= 0 {
+		l.IdleTimeout = 60 * time.Second
+	}
+	if l.MaxConns <= 0 {
+		l.MaxConns = 512
+	}
+	return l
+}
+
+// WithHTTPLimits sets the limits of the emulator's listening servers.
+func WithHTTPLimits(l HTTPLimits) Option {
+	return func(c *config) {
+		if l.ReadTimeout < 0 || l.WriteTimeout < 0 || l.IdleTimeout < 0 || l.MaxConns < 0 {
+			c.errs = append(c.errs, fmt.Sprintf("WithHTTPLimits: a limit is negative in %+v; use 0 for the default", l))
+			return
+		}
+		c.httpLimits = l
+	}
+}
+
+// HTTPServer returns an http.Server that serves the emulator within its
+// [HTTPLimits]: timeouts for slow and idle clients, and a cap on open
+// connections. Its ErrorLog discards; set it to log the server's errors
+// (and the connections refused over the cap) where you want them. Serve it
+// on a listener of your choice; every HTTPServer of a Server shares its
+// state and its cap.
+func (s *Server) HTTPServer() *http.Server {
+	l := s.limits
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: min(10*time.Second, l.ReadTimeout),
+		ReadTimeout:       l.ReadTimeout,
+		WriteTimeout:      l.WriteTimeout,
+		IdleTimeout:       l.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          log.New(io.Discard, "", 0),
+	}
+	srv.ConnState = func(c net.Conn, state http.ConnState) {
+		switch state {
+		case http.StateNew:
+			if n := s.conns.Add(1); n > int64(l.MaxConns) {
+				srv.ErrorLog.Printf("closed a connection from %s: %d are open, the limit is %d", c.RemoteAddr(), n-1, l.MaxConns)
+				_ = c.Close()
+			}
+		case http.StateClosed, http.StateHijacked:
+			s.conns.Add(-1)
+		}
+	}
+	return srv
 }
 
 // Start makes the server listen on a loopback port and sets URL. It panics
@@ -199,11 +309,7 @@ func (s *Server) Start() {
 	}
 	s.started = true
 	s.URL = "http://" + ln.Addr().String()
-	srv := &http.Server{
-		Handler:           s.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          log.New(io.Discard, "", 0),
-	}
+	srv := s.HTTPServer()
 	done := make(chan struct{})
 	s.srv, s.done = srv, done
 	go func() {
@@ -236,8 +342,9 @@ func (s *Server) Close() {
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // Client returns an SDK client pointed at the server, with retry waits of 1
-// to 20 ms suited to tests. When the server has WithToken tokens, the first
-// one is used. opts are applied after those, so they win. On a server that
+// to 20 ms suited to tests. When the server has tokens, it uses the first
+// WithToken token, or else a WithUserToken token, or else a WithRunToken
+// one (the first in byte order), so that it is never refused with 401. opts are applied after those, so they win. On a server that
 // was not started, the client calls [Server.Handler] in memory, with no
 // sockets (for testing/synctest). It panics when opts are invalid.
 func (s *Server) Client(opts ...apify.Option) *apify.Client {
@@ -334,7 +441,7 @@ func (v requestView) state() RequestState {
 // creating the queue if needed; an empty name creates a new unnamed queue.
 // It panics on an invalid name.
 func (s *Server) CreateQueue(name string) string {
-	info, _, err := s.store.createQueue(DefaultUser, name)
+	info, _, err := s.store.createQueue(caller{user: DefaultUser, now: s.store.now()}, name)
 	if err != nil {
 		panic("apifytest: CreateQueue: " + err.Error())
 	}
@@ -360,7 +467,7 @@ func (s *Server) AddRequests(queueID string, reqs ...Request) []string {
 		items[i] = d
 	}
 	var out []addResult
-	if !s.store.snapshot(queueID, func(q *queue) { out = s.store.add(q, items, false, s.store.now()) }) {
+	if !s.store.snapshot(queueID, func(q *queue, now time.Time) { out = s.store.add(q, items, false, now) }) {
 		panic(fmt.Sprintf("apifytest: AddRequests: there is no queue with ID %q", queueID))
 	}
 	ids := make([]string, len(out))
@@ -386,7 +493,7 @@ func (s *Server) Requests(queueID string) []RequestState {
 func (s *Server) Request(queueID, requestID string) (RequestState, bool) {
 	var st RequestState
 	found := false
-	s.store.snapshot(queueID, func(q *queue) {
+	s.store.snapshot(queueID, func(q *queue, _ time.Time) {
 		if r := q.reqs[requestID]; r != nil {
 			st, found = r.view().state(), true
 		}
@@ -448,7 +555,7 @@ func (s *Server) lockedWhere(queueID string, keep func(*lock) bool) []RequestSta
 
 func (s *Server) collect(queueID string, f func(q *queue, out *[]RequestState)) []RequestState {
 	var out []RequestState
-	if !s.store.snapshot(queueID, func(q *queue) {
+	if !s.store.snapshot(queueID, func(q *queue, _ time.Time) {
 		out = []RequestState{}
 		f(q, &out)
 	}) {

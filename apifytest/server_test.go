@@ -301,3 +301,98 @@ func TestStateSnapshots(t *testing.T) {
 		e.s.AddRequests("nope", Request{URL: "x"})
 	}()
 }
+
+// Another user may read a queue by ID (as its generalAccess allows) but
+// never change it: 403 insufficient-permissions, and nothing changes.
+func TestOnlyTheOwnerChangesAQueue(t *testing.T) {
+	s := Start(t, WithUserToken("alice-token", "alice"), WithUserToken("bob-token", "bob"))
+	alice, bob := raw(t, s).withToken("alice-token"), raw(t, s).withToken("bob-token")
+	r := alice.do(OpGetOrCreateQueue, "POST", "/v2/request-queues?name=shared", nil)
+	expectStatus(t, r, 201)
+	qp := "/v2/request-queues/" + r.data(t)["id"].(string)
+	expectStatus(t, alice.do(OpAddRequest, "POST", qp+"/requests", map[string]any{"url": "https://a.test/", "uniqueKey": "a"}), 201)
+	expectStatus(t, alice.do(OpAddRequest, "POST", qp+"/requests", map[string]any{"url": "https://b.test/", "uniqueKey": "b"}), 201)
+	expectStatus(t, alice.do(OpListAndLockHead, "POST", qp+"/head/lock?lockSecs=60&limit=1&clientKey=k", nil), 201)
+	a := RequestID("a")
+
+	for _, read := range []struct {
+		op           Operation
+		method, path string
+	}{
+		{OpGetQueue, "GET", qp}, {OpListRequests, "GET", qp + "/requests"}, {OpGetHead, "GET", qp + "/head"},
+		{OpGetRequest, "GET", qp + "/requests/" + a},
+	} {
+		expectStatus(t, bob.do(read.op, read.method, read.path, nil), 200)
+	}
+	for _, write := range []struct {
+		op           Operation
+		method, path string
+		body         any
+	}{
+		{OpUpdateQueue, "PUT", qp, map[string]any{"name": "mine-now"}},
+		{OpDeleteQueue, "DELETE", qp, nil},
+		{OpAddRequest, "POST", qp + "/requests", map[string]any{"url": "https://c.test/", "uniqueKey": "c"}},
+		{OpBatchAddRequests, "POST", qp + "/requests/batch", []any{map[string]any{"url": "https://c.test/", "uniqueKey": "c"}}},
+		{OpBatchDeleteRequests, "DELETE", qp + "/requests/batch", []any{map[string]any{"uniqueKey": "b"}}},
+		{OpUnlockRequests, "POST", qp + "/requests/unlock?clientKey=k", nil},
+		{OpUpdateRequest, "PUT", qp + "/requests/" + RequestID("b"), map[string]any{"url": "https://b.test/", "uniqueKey": "b", "handledAt": "2026-01-01T00:00:00.000Z"}},
+		{OpDeleteRequest, "DELETE", qp + "/requests/" + RequestID("b"), nil},
+		{OpProlongRequestLock, "PUT", qp + "/requests/" + a + "/lock?lockSecs=600&clientKey=k", nil},
+		{OpDeleteRequestLock, "DELETE", qp + "/requests/" + a + "/lock?clientKey=k", nil},
+		{OpListAndLockHead, "POST", qp + "/head/lock?lockSecs=60", nil},
+	} {
+		expectError(t, bob.do(write.op, write.method, write.path, write.body), 403, "insufficient-permissions", "Only its owner", `"bob"`)
+	}
+	q := strings.TrimPrefix(qp, "/v2/request-queues/")
+	if n, l := len(s.Requests(q)), s.LockedBy(q, "k"); n != 2 || len(l) != 1 || !l[0].Lock.ExpiresAt.Equal(s.Requests(q)[0].Lock.ExpiresAt) || len(s.Handled(q)) != 0 {
+		t.Errorf("bob changed the queue: %d requests, locks %+v", n, l)
+	}
+	expectStatus(t, alice.do(OpGetQueue, "GET", "/v2/request-queues/~shared", nil), 200)
+
+	// RESTRICTED: not even readable by ID; ANYONE_WITH_NAME_CAN_READ: by name too.
+	expectStatus(t, alice.do(OpUpdateQueue, "PUT", qp, map[string]any{"generalAccess": "RESTRICTED"}), 200)
+	expectError(t, bob.do(OpGetQueue, "GET", qp, nil), 403, "insufficient-permissions", "RESTRICTED")
+	expectError(t, bob.do(OpGetHead, "GET", qp+"/head", nil), 403, "insufficient-permissions")
+	expectStatus(t, alice.do(OpUpdateQueue, "PUT", qp, map[string]any{"generalAccess": "ANYONE_WITH_NAME_CAN_READ"}), 200)
+	expectStatus(t, bob.do(OpGetQueue, "GET", "/v2/request-queues/alice~shared", nil), 200)
+	expectError(t, bob.do(OpUnlockRequests, "POST", "/v2/request-queues/alice~shared/requests/unlock?clientKey=k", nil), 403, "insufficient-permissions")
+}
+
+// New returns an error where NewUnstartedServer panics.
+func TestNewReturnsErrors(t *testing.T) {
+	s, err := New(WithToken(""), WithQueue("-bad"), WithRateLimits(RateLimits{Batch: -1}), WithHTTPLimits(HTTPLimits{MaxConns: -1}))
+	if s != nil || err == nil {
+		t.Fatalf("New = %v, %v", s, err)
+	}
+	for _, want := range []string{"WithToken", "WithQueue", "WithRateLimits", "WithHTTPLimits"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%q does not name %s", err, want)
+		}
+	}
+	s, err = New(WithQueue("q"))
+	if err != nil || s.URL != "" || s.CreateQueue("q") == "" {
+		t.Fatalf("New = %v, %v", s, err)
+	}
+}
+
+// Client works with whatever tokens the server has.
+func TestClientUsesAConfiguredToken(t *testing.T) {
+	for name, opts := range map[string][]Option{
+		"user tokens only": {WithUserToken("u-2", "zed"), WithUserToken("u-1", "amy")},
+		"run tokens only":  {WithRunToken("r-1", "RUN1")},
+		"run and user":     {WithRunToken("a-run", "RUN1"), WithUserToken("b-user", "bob")},
+		"WithToken wins":   {WithUserToken("a-user", "amy"), WithToken("z-plain")},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := Start(t, opts...)
+			q, err := s.Client().RequestQueue("~mine").UnlockRequests(context.Background(), "k")
+			if err == nil || !strings.Contains(err.Error(), "404") {
+				t.Fatalf("unlock on a missing queue: %+v, %v (want 404, not 401)", q, err)
+			}
+		})
+	}
+	s := Start(t, WithRunToken("r-1", "RUN1"), WithUserToken("b-user", "bob"))
+	if s.plain != "b-user" {
+		t.Errorf("Client uses %q, want the user token", s.plain)
+	}
+}

@@ -79,11 +79,14 @@ func randomID() string {
 }
 
 // caller is who makes a call: the user its token belongs to, the clientKey
-// it sent ("" for none) and the Actor run its token belongs to ("" outside a run).
+// it sent ("" for none) and the Actor run its token belongs to ("" outside a
+// run); and when: the time the call read from the clock, once, when it
+// arrived, so that every step of one call sees the same instant.
 type caller struct {
 	user      string
 	clientKey string
 	runID     string
+	now       time.Time
 }
 
 // holds reports whether the caller holds lock l: the same clientKey, or a
@@ -240,20 +243,20 @@ func validateQueueName(name string) *apiError {
 
 // createQueue returns the user's queue with that name, creating it (and
 // reporting so) when it does not exist. An empty name makes a new unnamed queue.
-func (s *store) createQueue(username, name string) (queueInfo, bool, error) {
+func (s *store) createQueue(c caller, name string) (queueInfo, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	u := s.userNamed(username)
+	u := s.userNamed(c.user)
 	if name != "" {
 		if err := validateQueueName(name); err != nil {
 			return queueInfo{}, false, err
 		}
 		if q := u.queues[name]; q != nil {
-			q.accessedAt = s.now()
+			q.accessedAt = c.now
 			return q.info(), false, nil
 		}
 	}
-	now := s.now()
+	now := c.now
 	q := &queue{
 		id: randomID(), name: name, owner: u, generalAccess: "FOLLOW_USER_SETTING",
 		createdAt: now, modifiedAt: now, accessedAt: now,
@@ -271,12 +274,25 @@ func (s *store) createQueue(username, name string) (queueInfo, bool, error) {
 	return q.info(), true, nil
 }
 
-// resolve finds the queue a path names: an ID, "username~name", or "~name"
-// for the caller's own queue. It drains expired locks, so every operation
+// resolve finds the queue a path names, for reading: an ID, "username~name",
+// or "~name" for the caller's own queue. Another user's queue may be read
+// by ID unless its generalAccess is RESTRICTED, and by name only when it is
+// ANYONE_WITH_NAME_CAN_READ. It drains expired locks, so every operation
 // sees the queue as of now. s.mu must be held.
 func (s *store) resolve(c caller, ref string) (*queue, error) {
+	return s.resolveFor(c, ref, false)
+}
+
+// resolveWrite is resolve for an operation that changes the queue: only
+// its owner may.
+func (s *store) resolveWrite(c caller, ref string) (*queue, error) {
+	return s.resolveFor(c, ref, true)
+}
+
+func (s *store) resolveFor(c caller, ref string, write bool) (*queue, error) {
 	var q *queue
-	if owner, name, named := strings.Cut(ref, "~"); named {
+	owner, name, named := strings.Cut(ref, "~")
+	if named {
 		if owner == "" {
 			owner = c.user
 		}
@@ -284,19 +300,52 @@ func (s *store) resolve(c caller, ref string) (*queue, error) {
 		if u == nil {
 			return nil, errRecordNotFound("Request queue %q was not found: there is no user %q", ref, owner)
 		}
-		if owner != c.user {
-			return nil, newAPIError(http.StatusForbidden, "insufficient-permissions",
-				"You (user %q) may not access request queue %q of user %q by name; use its ID", c.user, ref, owner)
-		}
 		q = u.queues[name]
+		if owner != c.user && (q == nil || write || q.generalAccess != "ANYONE_WITH_NAME_CAN_READ") {
+			return nil, errInsufficientPermissions("You (user %q) may not access request queue %q of user %q by name; use its ID", c.user, ref, owner)
+		}
 	} else {
 		q = s.queues[ref]
 	}
 	if q == nil {
 		return nil, errRecordNotFound("Request queue %q was not found", ref)
 	}
-	s.expire(q, s.now())
+	if q.owner.name != c.user {
+		switch {
+		case write:
+			return nil, errInsufficientPermissions("Only its owner may change request queue %q of user %q; you are user %q", ref, q.owner.name, c.user)
+		case q.generalAccess == "RESTRICTED":
+			return nil, errInsufficientPermissions("You (user %q) may not access request queue %q of user %q: its generalAccess is RESTRICTED", c.user, ref, q.owner.name)
+		}
+	}
+	s.expire(q, c.now)
 	return q, nil
+}
+
+func errInsufficientPermissions(format string, args ...any) *apiError {
+	return newAPIError(http.StatusForbidden, "insufficient-permissions", format, args...)
+}
+
+// queueID returns the ID of the queue ref names for c, or "" when there is
+// none; it checks no permission and drains no lock.
+func (s *store) queueID(c caller, ref string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var q *queue
+	if owner, name, named := strings.Cut(ref, "~"); named {
+		if owner == "" {
+			owner = c.user
+		}
+		if u := s.users[owner]; u != nil {
+			q = u.queues[name]
+		}
+	} else {
+		q = s.queues[ref]
+	}
+	if q == nil {
+		return ""
+	}
+	return q.id
 }
 
 // touch records an access by a client for hadMultipleClients: a call without
@@ -341,7 +390,7 @@ func (s *store) getQueue(c caller, ref string) (queueInfo, error) {
 	if err != nil {
 		return queueInfo{}, err
 	}
-	q.accessedAt = s.now()
+	q.accessedAt = c.now
 	return q.info(), nil
 }
 
@@ -350,7 +399,7 @@ func (s *store) getQueue(c caller, ref string) (queueInfo, error) {
 func (s *store) updateQueue(c caller, ref string, name *string, access string) (queueInfo, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return queueInfo{}, err
 	}
@@ -373,23 +422,24 @@ func (s *store) updateQueue(c caller, ref string, name *string, access string) (
 	if access != "" {
 		q.generalAccess = access
 	}
-	now := s.now()
+	now := c.now
 	q.modifiedAt, q.accessedAt = now, now
 	return q.info(), nil
 }
 
-func (s *store) deleteQueue(c caller, ref string) error {
+// deleteQueue deletes the queue and returns its ID.
+func (s *store) deleteQueue(c caller, ref string) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
-		return err
+		return "", err
 	}
 	delete(s.queues, q.id)
 	if q.name != "" {
 		delete(q.owner.queues, q.name)
 	}
-	return nil
+	return q.id, nil
 }
 
 // expire ends every lock that has expired by now, returning each request to
@@ -508,11 +558,11 @@ type addResult struct {
 func (s *store) addRequests(c caller, ref string, items []requestData, forefront bool) ([]addResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return nil, err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	return s.add(q, items, forefront, now), nil
 }
@@ -581,7 +631,7 @@ func (s *store) getRequest(c caller, ref, id string) (requestView, error) {
 	if err != nil {
 		return requestView{}, err
 	}
-	q.accessedAt = s.now()
+	q.accessedAt = c.now
 	r := q.reqs[id]
 	if r == nil {
 		return requestView{}, errRecordNotFound("Request %q was not found in request queue %q", id, ref)
@@ -612,11 +662,11 @@ func lockedByOther(c caller, r *request, action string) error {
 func (s *store) updateRequest(c caller, ref, id string, d requestData, forefront bool) (addResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return addResult{}, err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	r := q.reqs[id]
 	if r == nil {
@@ -678,11 +728,11 @@ func (q *queue) remove(r *request) {
 func (s *store) deleteRequest(c caller, ref, id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	r := q.reqs[id]
 	if r == nil {
@@ -704,11 +754,11 @@ type deleteItem struct{ ID, UniqueKey string }
 func (s *store) batchDelete(c caller, ref string, items []deleteItem) (done []deleteItem, skipped []requestView, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return nil, nil, err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	done, skipped = []deleteItem{}, []requestView{}
 	for _, it := range items {
@@ -744,7 +794,7 @@ func (s *store) listRequests(c caller, ref string, limit, start int, exclusiveSt
 	if err != nil {
 		return nil, 0, err
 	}
-	q.touch(c.clientKey, s.now())
+	q.touch(c.clientKey, c.now)
 	if exclusiveStartID != "" {
 		r := q.reqs[exclusiveStartID]
 		if r == nil {
@@ -753,6 +803,7 @@ func (s *store) listRequests(c caller, ref string, limit, start int, exclusiveSt
 		start = r.pos + 1
 	}
 	items := []requestView{}
+	var b budget
 	i := start
 	for ; i < len(q.order) && len(items) < limit; i++ {
 		r := q.order[i]
@@ -762,6 +813,9 @@ func (s *store) listRequests(c caller, ref string, limit, start int, exclusiveSt
 		locked, pending := r.lock != nil, r.lock == nil && !r.handled()
 		if (f.locked || f.pending) && !(f.locked && locked || f.pending && pending) {
 			continue
+		}
+		if !b.take(r.fullCost(), len(items)) {
+			break
 		}
 		items = append(items, r.view())
 	}
@@ -792,10 +846,15 @@ func (s *store) head(c caller, ref string, limit int) (headResult, error) {
 	if err != nil {
 		return headResult{}, err
 	}
-	q.touch(c.clientKey, s.now())
+	q.touch(c.clientKey, c.now)
 	res := headResult{QueueModifiedAt: q.modifiedAt, HadMultipleClients: q.multiple, QueueHasLocked: len(q.locks) > 0, Items: []requestView{}}
+	var b budget
 	for e := q.pending.Front(); e != nil && len(res.Items) < limit; e = e.Next() {
-		res.Items = append(res.Items, e.Value.(*request).view())
+		r := e.Value.(*request)
+		if !b.take(r.headCost(), len(res.Items)) {
+			break
+		}
+		res.Items = append(res.Items, r.view())
 	}
 	return res, nil
 }
@@ -806,15 +865,19 @@ func (s *store) head(c caller, ref string, limit int) (headResult, error) {
 func (s *store) listAndLockHead(c caller, ref string, limit int, lockFor time.Duration) (headResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return headResult{}, err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	res := headResult{Items: make([]requestView, 0, min(limit, q.pending.Len()))}
+	var b budget
 	for len(res.Items) < limit && q.pending.Len() > 0 {
 		r := q.pending.Front().Value.(*request)
+		if !b.take(r.headCost(), len(res.Items)) {
+			break
+		}
 		s.takeLock(q, r, c, now.Add(lockFor))
 		res.Items = append(res.Items, r.view())
 	}
@@ -850,11 +913,11 @@ func (s *store) heldLock(q *queue, c caller, ref, id, action string) (*request, 
 func (s *store) prolong(c caller, ref, id string, lockFor time.Duration, forefront bool) (time.Time, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return time.Time{}, err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	r, err := s.heldLock(q, c, ref, id, "prolong")
 	if err != nil {
@@ -870,11 +933,11 @@ func (s *store) prolong(c caller, ref, id string, lockFor time.Duration, forefro
 func (s *store) deleteLock(c caller, ref, id string, forefront bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	r, err := s.heldLock(q, c, ref, id, "delete")
 	if err != nil {
@@ -897,11 +960,11 @@ func (s *store) deleteLock(c caller, ref, id string, forefront bool) error {
 func (s *store) unlock(c caller, ref string) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q, err := s.resolve(c, ref)
+	q, err := s.resolveWrite(c, ref)
 	if err != nil {
 		return 0, err
 	}
-	now := s.now()
+	now := c.now
 	q.touch(c.clientKey, now)
 	var mine []*lock
 	if c.clientKey != "" {
@@ -926,19 +989,51 @@ func (s *store) unlock(c caller, ref string) (int, error) {
 	return len(mine), nil
 }
 
+// maxResponseBytes bounds the requests one head, head/lock or list call
+// returns, roughly in bytes of JSON: it stops before the request that
+// would go over (but returns at least one), leaving the rest for the next
+// call. (A variable so that tests can lower it.)
+var maxResponseBytes = 8 << 20
+
+// budget counts what a response has cost so far.
+type budget struct{ used int }
+
+// take adds cost and reports whether the item fits: the first always does.
+func (b *budget) take(cost, taken int) bool {
+	if taken > 0 && b.used+cost > maxResponseBytes {
+		return false
+	}
+	b.used += cost
+	return true
+}
+
+// headCost is roughly the size of the request as a head item.
+func (r *request) headCost() int { return 128 + len(r.data.uniqueKey) + len(r.data.url) }
+
+// fullCost is roughly the size of the full request object.
+func (r *request) fullCost() int {
+	n := r.headCost()
+	for _, v := range r.data.extra {
+		n += 16 + len(v)
+	}
+	return n
+}
+
 // formatTime renders a time the way the API does: UTC, milliseconds, "Z".
 func formatTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
 
 // snapshot runs f on the queue with the given ID (expired locks drained
-// first), or returns false when there is none.
-func (s *store) snapshot(queueID string, f func(q *queue)) bool {
+// first), or returns false when there is none. f gets the time the clock
+// was read at, once.
+func (s *store) snapshot(queueID string, f func(q *queue, now time.Time)) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	q := s.queues[queueID]
 	if q == nil {
 		return false
 	}
-	s.expire(q, s.now())
-	f(q)
+	now := s.now()
+	s.expire(q, now)
+	f(q, now)
 	return true
 }

@@ -31,7 +31,7 @@ func fixture(b *testing.B, n int) *benchFixture {
 		return f
 	}
 	s := newStore(NewManualClock(t0))
-	info, _, err := s.createQueue(DefaultUser, "bench")
+	info, _, err := s.createQueue(caller{user: DefaultUser, now: s.now()}, "bench")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -42,12 +42,12 @@ func fixture(b *testing.B, n int) *benchFixture {
 			u := "https://example.com/" + strconv.Itoa(i)
 			items = append(items, requestData{uniqueKey: u, url: u, method: "GET"})
 		}
-		if _, err := s.addRequests(caller{user: DefaultUser}, info.ID, items, false); err != nil {
+		if _, err := s.addRequests(caller{user: DefaultUser, now: s.now()}, info.ID, items, false); err != nil {
 			b.Fatal(err)
 		}
 	}
 	for locked, i := 0, 0; locked < n/10; i++ { // 10% locked by 100 other clients
-		c := caller{user: DefaultUser, clientKey: "other-" + strconv.Itoa(i%100)}
+		c := caller{user: DefaultUser, clientKey: "other-" + strconv.Itoa(i%100), now: s.now()}
 		res, err := s.listAndLockHead(c, info.ID, min(25, n/10-locked), time.Hour)
 		if err != nil {
 			b.Fatal(err)
@@ -72,7 +72,7 @@ const (
 func benchCallers() []caller {
 	cs := make([]caller, benchClients)
 	for i := range cs {
-		cs[i] = caller{user: DefaultUser, clientKey: "me-" + strconv.Itoa(i)}
+		cs[i] = caller{user: DefaultUser, clientKey: "me-" + strconv.Itoa(i), now: time.Now().UTC().Truncate(time.Millisecond)}
 	}
 	return cs
 }

@@ -27,7 +27,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -36,7 +35,6 @@ import (
 	"time"
 
 	"github.com/rqkit/apify"
-	"github.com/rqkit/apify/apifytest"
 )
 
 // Exit codes.
@@ -122,82 +120,6 @@ func parse(fs *flag.FlagSet, args []string, stderr io.Writer) (code int, ok bool
 		return exitUsage, false
 	}
 	return 0, true
-}
-
-func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("serve", "[--addr 127.0.0.1:8080] [--token T]... [--run-token T=RUN_ID]... [--queue NAME]...", stderr)
-	addr := fs.String("addr", "127.0.0.1:8080", "`host:port` to listen on; port 0 picks a free port")
-	var tokens, runTokens secretFlags
-	var queues repeated
-	fs.Var(&tokens, "token", "require API `token`s: once any is given, every call needs a valid one (repeatable)")
-	fs.Var(&runTokens, "run-token", "a `T=RUN_ID` token whose calls count as inside Actor run RUN_ID (repeatable)")
-	fs.Var(&queues, "queue", "create a queue with this `name` and print its ID (repeatable)")
-	if code, ok := parse(fs, args, stderr); !ok {
-		return code
-	}
-	opts := make([]apifytest.Option, 0, len(tokens.repeated)+len(runTokens.repeated)+len(queues))
-	for _, t := range tokens.repeated {
-		opts = append(opts, apifytest.WithToken(t))
-	}
-	for _, rt := range runTokens.repeated {
-		i := strings.LastIndex(rt, "=")
-		if i <= 0 || i == len(rt)-1 {
-			fmt.Fprintln(stderr, "apify-rq serve: --run-token must be TOKEN=RUN_ID, such as --run-token my-token=HG7ML7M8z78YcAPEB")
-			return exitUsage
-		}
-		opts = append(opts, apifytest.WithRunToken(rt[:i], rt[i+1:]))
-	}
-	for _, q := range queues {
-		opts = append(opts, apifytest.WithQueue(q))
-	}
-	emu, err := newEmulator(opts)
-	if err != nil {
-		fmt.Fprintf(stderr, "apify-rq serve: %v\n", err)
-		return exitUsage
-	}
-
-	ln, err := net.Listen("tcp", *addr)
-	if err != nil {
-		fmt.Fprintf(stderr, "apify-rq serve: cannot listen on %s: %v (is the port in use? --addr 127.0.0.1:0 picks a free port)\n", *addr, err)
-		return exitFailure
-	}
-	base := "http://" + ln.Addr().String()
-	fmt.Fprintf(stdout, "apify-rq: serving the request-queue emulator at %s\n", base)
-	for _, q := range queues {
-		fmt.Fprintf(stdout, "apify-rq: queue %q has ID %s\n", q, emu.CreateQueue(q))
-	}
-	if n := len(tokens.repeated) + len(runTokens.repeated); n > 0 {
-		fmt.Fprintf(stdout, "apify-rq: every call needs one of the %d configured tokens\n", n)
-	}
-	fmt.Fprintf(stdout, "apify-rq: point clients at it with APIFY_API_BASE_URL=%s; stop with Ctrl-C\n", base)
-
-	srv := &http.Server{Handler: emu.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	select {
-	case err := <-served:
-		fmt.Fprintf(stderr, "apify-rq serve: the server stopped: %v\n", err)
-		return exitFailure
-	case <-ctx.Done():
-	}
-	fmt.Fprintln(stdout, "apify-rq: shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		_ = srv.Close()
-		fmt.Fprintln(stderr, "apify-rq serve: calls still in flight after 5s were cut off")
-	}
-	return exitOK
-}
-
-// newEmulator makes the emulator, turning its panic on a bad option into an error.
-func newEmulator(opts []apifytest.Option) (s *apifytest.Server, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("%v", p)
-		}
-	}()
-	return apifytest.NewUnstartedServer(opts...), nil
 }
 
 func unlock(ctx context.Context, args []string, stdout, stderr io.Writer, env func(string) string) int {

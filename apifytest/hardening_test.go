@@ -1,0 +1,200 @@
+package apifytest
+
+import (
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Query strings are parsed strictly: what is not plainly a whole number, a
+// query that does not parse, and a repeated parameter are 400s, and nothing
+// happens.
+func TestStrictQueryParsing(t *testing.T) {
+	s, _, q, _ := newQueue(t, 3)
+	c := raw(t, s)
+	qp := "/v2/request-queues/" + q
+	for _, tc := range []struct {
+		path string
+		msg  []string
+	}{
+		{qp + "/head/lock?lockSecs=60&clientKey=k&limit=0x1p1", []string{`"limit"`, "decimal digits", "0x1p1"}},
+		{qp + "/head/lock?lockSecs=6e1&clientKey=k", []string{`"lockSecs"`, "6e1"}},
+		{qp + "/head/lock?lockSecs=60&clientKey=k&limit=1_0", []string{`"limit"`}},
+		{qp + "/head/lock?lockSecs=60&clientKey=k&limit=2.5", []string{`"limit"`, "whole number"}},
+		{qp + "/head/lock?lockSecs=60&clientKey=k&limit=1&limit=2", []string{`"limit"`, "2 times"}},
+		{qp + "/head/lock?lockSecs=60&clientKey=k&clientKey=j", []string{`"clientKey"`, "2 times"}},
+		{qp + "/head/lock?lockSecs=60;clientKey=k", []string{"cannot be parsed"}},
+		{qp + "/head/lock?lockSecs=60&clientKey=%%%", []string{"cannot be parsed"}},
+	} {
+		expectError(t, c.do(OpListAndLockHead, "POST", tc.path, nil), 400, "invalid-input", tc.msg...)
+	}
+	if n := len(s.Locked(q)); n != 0 {
+		t.Errorf("%d requests were locked by refused calls", n)
+	}
+	expectError(t, c.do(OpListRequests, "GET", qp+"/requests?cursor=%%%", nil), 400, "invalid-input", "cannot be parsed")
+	expectError(t, c.do(OpGetHead, "GET", qp+"/head?limit=+0x10", nil), 400, "invalid-input", `"limit"`)
+	// What is plain still works: "60.0" and a sign are numbers the spec allows.
+	r := c.do(OpListAndLockHead, "POST", qp+"/head/lock?lockSecs=60.0&limit=%2B2&clientKey=k", nil)
+	expectStatus(t, r, 201)
+	if n := len(r.items(t)); n != 2 {
+		t.Errorf("locked %d, want 2", n)
+	}
+}
+
+// A web page in the developer's browser cannot change a tokenless
+// emulator's state: the headers browsers send on cross-site requests get
+// 403, with or without the ?method= override. Programs send none of them.
+func TestCrossSiteBrowserRequestsAreRefused(t *testing.T) {
+	s, _, q, _ := newQueue(t, 2)
+	c := raw(t, s)
+	qp := "/v2/request-queues/" + q
+	expectStatus(t, c.do(OpListAndLockHead, "POST", qp+"/head/lock?lockSecs=60&clientKey=k", nil), 201)
+	host := strings.TrimPrefix(s.URL, "http://")
+	for _, tc := range []struct {
+		name   string
+		method string
+		path   string
+		header []string
+	}{
+		{"img tag: GET ?method=POST, cross-site", "GET", qp + "/requests/unlock?method=POST&clientKey=k",
+			[]string{"Sec-Fetch-Site", "cross-site", "Sec-Fetch-Mode", "no-cors", "Sec-Fetch-Dest", "image", "Referer", "https://evil.example/"}},
+		{"old browser: GET ?method=POST with only a Referer", "GET", qp + "/requests/unlock?method=POST&clientKey=k",
+			[]string{"Referer", "https://evil.example/page?token=leaky-secret"}},
+		{"form POST, cross-site", "POST", qp + "/requests/unlock?clientKey=k",
+			[]string{"Origin", "https://evil.example", "Sec-Fetch-Site", "cross-site", "Sec-Fetch-Mode", "navigate"}},
+		{"form POST from a sibling subdomain", "POST", qp + "/requests/unlock?clientKey=k",
+			[]string{"Sec-Fetch-Site", "same-site"}},
+		{"fetch from a sandboxed page", "POST", qp + "/requests/unlock?clientKey=k", []string{"Origin", "null"}},
+		{"fetch DELETE, foreign Origin only", "DELETE", qp, []string{"Origin", "http://localhost:3000"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := c.do("", tc.method, tc.path, nil, tc.header...)
+			expectError(t, r, 403, "insufficient-permissions", "another site")
+			if strings.Contains(r.errMessage(), "leaky-secret") {
+				t.Errorf("the message holds the Referer's query: %s", r.errMessage())
+			}
+		})
+	}
+	if n := len(s.LockedBy(q, "k")); n != 2 {
+		t.Errorf("%d locks left, want 2: a refused call unlocked", n)
+	}
+	if s.Requests(q) == nil {
+		t.Fatal("the queue was deleted")
+	}
+	// Reads from anywhere, and writes from the emulator's own origin or
+	// from a program, still work.
+	expectStatus(t, c.do(OpGetHead, "GET", qp+"/head", nil, "Sec-Fetch-Site", "cross-site", "Origin", "https://evil.example"), 200)
+	expectStatus(t, c.do(OpUnlockRequests, "POST", qp+"/requests/unlock?clientKey=k", nil, "Origin", "http://"+host, "Sec-Fetch-Site", "same-origin"), 200)
+	expectStatus(t, c.do(OpListAndLockHead, "POST", qp+"/head/lock?lockSecs=60&clientKey=k", nil, "Sec-Fetch-Site", "none"), 201)
+	r := c.do(OpUnlockRequests, "GET", qp+"/requests/unlock?method=POST&clientKey=k", nil)
+	expectStatus(t, r, 200)
+	if fmt.Sprint(r.data(t)["unlockedCount"]) != "2" {
+		t.Errorf("the override from a program: %s", r.Raw)
+	}
+}
+
+// countingClock counts its readings.
+type countingClock struct {
+	*ManualClock
+	reads atomic.Int64
+}
+
+func (c *countingClock) Now() time.Time {
+	c.reads.Add(1)
+	return c.ManualClock.Now()
+}
+
+// Each call reads the clock once, so all of it happens at one instant: a
+// prolong cannot find a lock live at one reading and renew it from a later.
+func TestOneCallReadsTheClockOnce(t *testing.T) {
+	clock := &countingClock{ManualClock: NewManualClock(t0)}
+	s := Start(t, WithClock(clock), WithQueue("q"), WithRateLimits(DefaultRateLimits))
+	q := s.CreateQueue("q")
+	ids := s.AddRequests(q, Request{URL: "https://a.test/"}, Request{URL: "https://b.test/"})
+	c := raw(t, s)
+	qp := "/v2/request-queues/" + q
+	for _, call := range []struct {
+		op           Operation
+		method, path string
+		body         any
+	}{
+		{OpListAndLockHead, "POST", qp + "/head/lock?lockSecs=60&clientKey=k", nil},
+		{OpProlongRequestLock, "PUT", qp + "/requests/" + ids[0] + "/lock?lockSecs=60&clientKey=k", nil},
+		{OpDeleteRequestLock, "DELETE", qp + "/requests/" + ids[1] + "/lock?clientKey=k", nil},
+		{OpUpdateRequest, "PUT", qp + "/requests/" + ids[0] + "?clientKey=k", map[string]any{"url": "https://a.test/", "uniqueKey": "https://a.test/", "handledAt": "2026-01-01T00:00:00Z"}},
+		{OpAddRequest, "POST", qp + "/requests", map[string]any{"url": "https://c.test/", "uniqueKey": "c"}},
+		{OpGetHead, "GET", qp + "/head", nil},
+		{OpUnlockRequests, "POST", qp + "/requests/unlock?clientKey=k", nil},
+		{OpGetQueue, "GET", "/v2/request-queues/~q", nil},
+		{OpGetOrCreateQueue, "POST", "/v2/request-queues?name=q2", nil},
+	} {
+		before := clock.reads.Load()
+		r := c.do(call.op, call.method, call.path, call.body)
+		if r.Status >= 300 {
+			t.Fatalf("%s: %d %s", call.op, r.Status, r.Raw)
+		}
+		if n := clock.reads.Load() - before; n != 1 {
+			t.Errorf("%s read the clock %d times", call.op, n)
+		}
+	}
+}
+
+// A few huge requests cannot make one response huge: uniqueKey and url are
+// capped on write, and head, head/lock and list stop at about 8 MiB,
+// leaving the rest for the next call.
+func TestResponsesAreBounded(t *testing.T) {
+	s, _, q, _ := newQueue(t, 0)
+	c := raw(t, s)
+	qp := "/v2/request-queues/" + q
+	huge := strings.Repeat("k", MaxKeyBytes+1)
+	expectError(t, c.do(OpAddRequest, "POST", qp+"/requests", map[string]any{"url": "https://x.test/", "uniqueKey": huge}), 400, "invalid-input", `"uniqueKey"`, "16384")
+	expectError(t, c.do(OpBatchAddRequests, "POST", qp+"/requests/batch", []any{map[string]any{"url": "https://x.test/" + huge, "uniqueKey": "x"}}),
+		400, "invalid-input", "index 0", `"url"`)
+	expectStatus(t, c.do(OpAddRequest, "POST", qp+"/requests", map[string]any{"url": "https://x.test/", "uniqueKey": huge[1:]}), 201)
+
+	// Seeded directly (the API would refuse them): 20 requests of 256 KiB
+	// each, against a budget lowered from 8 MiB to 1 MiB to keep the test
+	// quick (the same as 20 of 9 MB against 8 MiB).
+	defer func(old int) { maxResponseBytes = old }(maxResponseBytes)
+	maxResponseBytes = 1 << 20
+	big := make([]Request, 20)
+	for i := range big {
+		big[i] = Request{URL: "https://x.test/" + itoa(i), UniqueKey: itoa(i) + strings.Repeat("u", 256<<10)}
+	}
+	s.AddRequests(q, big...)
+	c = &rawClient{t: t, h: s.Handler()}
+	r := c.do(OpGetHead, "GET", qp+"/head?limit=1000", nil)
+	expectStatus(t, r, 200)
+	if n := len(r.items(t)); n < 2 || n > 5 || len(r.Raw) > 5<<18 {
+		t.Errorf("GET head returned %d items in %d bytes", n, len(r.Raw))
+	}
+	r = c.do(OpListAndLockHead, "POST", qp+"/head/lock?lockSecs=60&limit=25&clientKey=k", nil)
+	expectStatus(t, r, 201)
+	if n := len(r.items(t)); n < 2 || n > 5 || len(r.Raw) > 5<<18 || len(s.LockedBy(q, "k")) != n {
+		t.Errorf("head/lock returned %d items in %d bytes and locked %d", n, len(r.Raw), len(s.LockedBy(q, "k")))
+	}
+	// Listing pages through all 21, each page bounded.
+	seen, cursor := 0, ""
+	for page := 0; ; page++ {
+		path := qp + "/requests?limit=10000"
+		if cursor != "" {
+			path += "&cursor=" + cursor
+		}
+		r = c.do(OpListRequests, "GET", path, nil)
+		expectStatus(t, r, 200)
+		if len(r.Raw) > 5<<18 {
+			t.Errorf("page %d has %d bytes", page, len(r.Raw))
+		}
+		seen += len(r.items(t))
+		next, _ := r.data(t)["nextCursor"].(string)
+		if next == "" || page > 30 {
+			break
+		}
+		cursor = next
+	}
+	if seen != 21 {
+		t.Errorf("listed %d requests, want 21", seen)
+	}
+}
