@@ -311,6 +311,11 @@ type consumer struct {
 	o   ConsumeOptions
 	log *slog.Logger
 
+	// lowWater is how few locked requests may wait before the locker locks
+	// more: enough to keep the handlers busy while a head/lock call is in
+	// flight (each handler spends about two calls per request).
+	lowWater int
+
 	mu      sync.Mutex
 	held    map[string]*item
 	waiting int // items in jobs
@@ -340,6 +345,7 @@ type consumer struct {
 func newConsumer(q *RequestQueueClient, h Handler, o ConsumeOptions) *consumer {
 	return &consumer{
 		q: q, h: h, o: o, log: o.Logger,
+		lowWater:   o.Concurrency / 2,
 		held:       map[string]*item{},
 		jobs:       make(chan *item, o.Concurrency+o.Prefetch+MaxLockHeadLimit),
 		wakeLocker: make(chan struct{}, 1),
@@ -468,7 +474,7 @@ func (c *consumer) run(ctx context.Context) (*ConsumeStats, error) {
 // lockLoop locks requests and feeds them to the workers until the queue is
 // done, taking ends, or a fatal error.
 func (c *consumer) lockLoop() {
-	lowWater := c.o.Concurrency / 4
+	lowWater := c.lowWater
 	capacity := c.o.Concurrency + c.o.Prefetch
 	idle := consumeIdlePollMin
 	confirming := false
@@ -605,15 +611,23 @@ func (c *consumer) work() {
 		}
 		it.state = itemRunning
 		c.busy++
+		low := c.waiting <= c.lowWater
 		c.mu.Unlock()
-		wake(c.wakeLocker)
+		if low {
+			wake(c.wakeLocker) // time to lock more
+		}
 
 		c.process(it)
 
 		c.mu.Lock()
 		c.busy--
+		// The locker waits for room when few requests wait, and for the
+		// last held request to finish when the queue looked empty.
+		low = c.waiting <= c.lowWater || len(c.held) == 0
 		c.mu.Unlock()
-		wake(c.wakeLocker)
+		if low {
+			wake(c.wakeLocker)
+		}
 	}
 }
 
