@@ -336,6 +336,11 @@ type consumer struct {
 	// drained is closed when the drain time is over: running handlers' ctx end.
 	drained chan struct{}
 
+	// releasing tracks the deletes of unstarted requests' locks at shutdown,
+	// at most consumeShutdownReleaseWorkers at a time (releaseSlots).
+	releasing    sync.WaitGroup
+	releaseSlots chan struct{}
+
 	fatalOnce sync.Once
 	fatal     atomic.Pointer[error]
 
@@ -351,6 +356,8 @@ func newConsumer(q *RequestQueueClient, h Handler, o ConsumeOptions) *consumer {
 		wakeLocker: make(chan struct{}, 1),
 		wakeKeeper: make(chan struct{}, 1),
 		drained:    make(chan struct{}),
+
+		releaseSlots: make(chan struct{}, consumeShutdownReleaseWorkers),
 	}
 }
 
@@ -421,11 +428,8 @@ func (c *consumer) run(ctx context.Context) (*ConsumeStats, error) {
 	c.stopTaking()
 
 	// 6. Shutdown (or the end of the queue: then nothing is held).
-	unstarted := c.takeUnstarted()
-	var releasing sync.WaitGroup
-	if len(unstarted) > 0 {
-		releasing.Add(1)
-		go func() { defer releasing.Done(); c.releaseEach(ctx, unstarted) }()
+	for _, it := range c.takeUnstarted() {
+		c.unstart(it, false)
 	}
 	workersDone := make(chan struct{})
 	go func() { workers.Wait(); close(workersDone) }()
@@ -453,7 +457,7 @@ func (c *consumer) run(ctx context.Context) (*ConsumeStats, error) {
 	c.cancelOps() // ends recording and prolongs
 	close(keeperStop)
 	keeper.Wait()
-	releasing.Wait()
+	c.releasing.Wait()
 
 	c.calls.Add(1)
 	res, err := c.q.UnlockAtShutdown(ctx, c.o.ClientKey, c.o.ShutdownTimeout)
@@ -601,7 +605,7 @@ func (c *consumer) work() {
 		if c.taking.Err() != nil {
 			// Stopped meanwhile: the final unlock releases it.
 			c.mu.Unlock()
-			c.unstart(it)
+			c.unstart(it, false)
 			return
 		}
 		if it.lost {
@@ -642,46 +646,12 @@ func (c *consumer) takeUnstarted() []*item {
 		case it := <-c.jobs:
 			c.waiting--
 			if !it.lost && it.state == itemWaiting {
-				it.state = itemDone
-				delete(c.held, it.id)
 				out = append(out, it)
 			}
 		default:
 			return out
 		}
 	}
-}
-
-// releaseEach deletes the locks of prefetched requests one by one, while
-// handlers drain (the final unlock would come only after the drain). When
-// no handler runs, the final unlock releases them all in one call instead.
-func (c *consumer) releaseEach(ctx context.Context, items []*item) {
-	c.mu.Lock()
-	running := c.busy > 0
-	c.mu.Unlock()
-	if !running {
-		return
-	}
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.ShutdownTimeout)
-	defer cancel()
-	sem := make(chan struct{}, consumeShutdownReleaseWorkers)
-	var wg sync.WaitGroup
-	for _, it := range items {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			c.calls.Add(1)
-			// Forefront: they were at the head of the queue.
-			err := c.q.DeleteRequestLock(rctx, it.id, DeleteLockOptions{ClientKey: c.o.ClientKey, Forefront: true})
-			if err == nil {
-				c.released.Add(1)
-				return
-			}
-			c.log.Warn("apify: Consume: releasing a prefetched request failed; the final unlock will", "queue", c.q.id, "request", it.id, "error", err)
-		}()
-	}
-	wg.Wait()
 }
 
 // process runs the handler on one request and records its result.
@@ -694,7 +664,7 @@ func (c *consumer) process(it *item) {
 		return
 	}
 	if c.taking.Err() != nil {
-		c.unstart(it) // shutting down: do not start new work
+		c.unstart(it, true) // shutting down: do not start new work
 		return
 	}
 	orig := *req
@@ -783,33 +753,66 @@ func (c *consumer) fetch(it *item) (*Request, bool) {
 		case err == nil:
 			return req, true
 		case c.taking.Err() != nil:
-			c.unstart(it)
+			c.unstart(it, true)
 			return nil, false
 		case errors.Is(err, ErrNotFound):
 			c.log.Warn("apify: Consume: a locked request is gone (deleted?); skipped", "queue", c.q.id, "request", it.id, "error", err)
 			c.finish(it)
 			return nil, false
 		case queueUnusable(err):
-			c.unstart(it)
+			c.unstart(it, true)
 			c.setFatal(err)
 			return nil, false
 		}
 		c.transient("get request", err)
 		if !sleepCtx(c.taking, c.backoff(attempt, err)) {
-			c.unstart(it)
+			c.unstart(it, true)
 			return nil, false
 		}
 	}
 }
 
-// unstart marks a request whose handler never started as to be released at exit.
-func (c *consumer) unstart(it *item) {
+// unstart gives back a request no handler started, once taking ended. While
+// handlers still run (the final unlock waits for their drain), its lock is
+// deleted at once; otherwise the final unlock, which comes right away,
+// releases it with the rest.
+// self says the caller is a busy worker (it does not count as a running handler).
+func (c *consumer) unstart(it *item, self bool) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !it.lost {
-		it.state = itemDone
+	if it.lost || it.state == itemDone {
+		c.mu.Unlock()
+		return
+	}
+	it.state = itemDone
+	if c.held[it.id] == it {
 		delete(c.held, it.id)
 	}
+	running := c.busy > 0
+	if self {
+		running = c.busy > 1
+	}
+	c.mu.Unlock()
+	if !running {
+		return
+	}
+	c.releasing.Add(1)
+	go func() {
+		defer c.releasing.Done()
+		c.releaseSlots <- struct{}{}
+		defer func() { <-c.releaseSlots }()
+		// Bounded, and cut short when the drain ends: the final unlock
+		// then releases whatever is left.
+		ctx, cancel := context.WithTimeout(c.ops, c.o.ShutdownTimeout)
+		defer cancel()
+		c.calls.Add(1)
+		// Forefront: it was at the head of the queue.
+		err := c.q.DeleteRequestLock(ctx, it.id, DeleteLockOptions{ClientKey: c.o.ClientKey, Forefront: true})
+		if err == nil {
+			c.released.Add(1)
+			return
+		}
+		c.log.Warn("apify: Consume: releasing a prefetched request failed; the final unlock will", "queue", c.q.id, "request", it.id, "error", err)
+	}()
 }
 
 // finish forgets a request: it is no longer held (handled, released, or gone).
