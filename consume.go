@@ -671,12 +671,14 @@ func (c *consumer) process(it *item) {
 	orig.ErrorMessages = slices.Clone(req.ErrorMessages)
 	orig.UserData, orig.Payload, orig.Headers = slices.Clone(req.UserData), slices.Clone(req.Payload), slices.Clone(req.Headers)
 
+	// One context per handler: its cancel carries the cause (timeout, lost
+	// lock, shutdown), and a timer, not a second context, makes the timeout.
 	hctx, cancel := context.WithCancelCause(context.WithoutCancel(c.taking))
-	hctx, cancelTimeout := context.WithTimeoutCause(hctx, c.o.HandlerTimeout, ErrHandlerTimeout)
+	timeout := time.AfterFunc(c.o.HandlerTimeout, func() { cancel(ErrHandlerTimeout) })
 	c.mu.Lock()
 	if it.lost {
 		c.mu.Unlock()
-		cancelTimeout()
+		timeout.Stop()
 		cancel(ErrLockLost)
 		return
 	}
@@ -694,7 +696,7 @@ func (c *consumer) process(it *item) {
 	if herr != nil && errors.Is(context.Cause(hctx), ErrHandlerTimeout) && !errors.Is(herr, ErrHandlerTimeout) {
 		herr = fmt.Errorf("%w after %v: %w", ErrHandlerTimeout, c.o.HandlerTimeout, herr)
 	}
-	cancelTimeout()
+	timeout.Stop()
 	shuttingDown := errors.Is(context.Cause(hctx), ErrShuttingDown)
 	cancel(nil)
 
