@@ -871,18 +871,31 @@ func (c *consumer) record(it *item, req, orig *Request, herr error) {
 		fixed.RetryCount, fixed.ErrorMessages, fixed.HandledAt = req.RetryCount, req.ErrorMessages, req.HandledAt
 		*req = fixed
 	}
-	if !c.retryCall(it, "update request", func(ctx context.Context) error {
+	update := func(ctx context.Context) error {
 		_, err := c.q.UpdateRequest(ctx, *req, RequestOptions{ClientKey: c.o.ClientKey, Forefront: false})
 		return err
-	}) {
-		return
 	}
-	if deleteLock {
-		if !c.retryCall(it, "delete lock", func(ctx context.Context) error {
+	err := c.retryCall(it, "update request", update)
+	if errors.Is(err, ErrInvalidInput) {
+		// The API refused what the handler made of the request: record the
+		// result on the request as it was read, which the API stored before.
+		c.log.Warn("apify: Consume: the API refused the handler's changes to the request; recording the result on the request as read", "queue", c.q.id, "request", it.id, "error", err)
+		fixed := *orig
+		fixed.RetryCount, fixed.ErrorMessages, fixed.HandledAt = req.RetryCount, req.ErrorMessages, req.HandledAt
+		*req = fixed
+		err = c.retryCall(it, "update request", update)
+	}
+	if err == nil && deleteLock {
+		err = c.retryCall(it, "delete lock", func(ctx context.Context) error {
 			return c.q.DeleteRequestLock(ctx, it.id, DeleteLockOptions{ClientKey: c.o.ClientKey, Forefront: false})
-		}) {
-			return
+		})
+	}
+	if err != nil {
+		if errors.Is(err, ErrInvalidInput) {
+			c.log.Error("apify: Consume: the API refused the result; the request stays locked until its lock expires", "queue", c.q.id, "request", it.id, "error", err)
+			c.finish(it)
 		}
+		return
 	}
 	c.mu.Lock()
 	if it.lost {
@@ -904,42 +917,46 @@ func (c *consumer) record(it *item, req, orig *Request, herr error) {
 
 // retryCall makes a call that records a result, retrying transient failures
 // while the lock holds (the keeper renews it meanwhile) and until the end of
-// the shutdown. It reports whether the call succeeded.
-func (c *consumer) retryCall(it *item, what string, f func(context.Context) error) bool {
+// the shutdown. It returns nil when the call succeeded, a 400 as it came
+// (the request is still held: the caller decides), and otherwise an error
+// after it dealt with the request (lost, gone, or left to the final unlock).
+func (c *consumer) retryCall(it *item, what string, f func(context.Context) error) error {
 	for attempt := 0; ; attempt++ {
 		c.calls.Add(1)
 		err := f(c.ops)
 		if err == nil {
-			return true
+			return nil
 		}
 		c.mu.Lock()
 		lost := it.lost
 		c.mu.Unlock()
 		switch {
 		case lost:
-			return false
+			return err
 		case c.ops.Err() != nil:
 			c.log.Warn("apify: Consume: could not record a result before the shutdown ended; the request goes back to the queue", "queue", c.q.id, "request", it.id, "error", err)
 			c.finish(it)
-			return false
+			return err
 		case isLockRefused(err):
 			c.mu.Lock()
 			c.loseLocked(it, what+" refused", err)
 			c.mu.Unlock()
-			return false
+			return err
 		case errors.Is(err, ErrNotFound):
 			c.log.Warn("apify: Consume: the request is gone (deleted?)", "queue", c.q.id, "request", it.id, "error", err)
 			c.finish(it)
-			return false
+			return err
+		case errors.Is(err, ErrInvalidInput):
+			return err
 		case queueUnusable(err):
 			c.setFatal(err)
 			c.finish(it)
-			return false
+			return err
 		}
 		c.transient(what, err)
 		if !sleepCtx(c.ops, c.backoff(attempt, err)) {
 			c.finish(it)
-			return false
+			return err
 		}
 	}
 }

@@ -728,3 +728,25 @@ func TestConsumeStopsWhenTheQueueBecomesUnusable(t *testing.T) {
 		assert.Len(t, srv.Pending(q.ID()), 30)
 	})
 }
+
+// A handler that leaves the request in a state the API refuses (400) does
+// not stop the consumer: the result is recorded on the request as read.
+func TestConsumeRecordsOnTheRequestAsReadWhenTheAPIRefusesTheHandlersChanges(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, ids := memQueue(t, 3)
+		stats, err := q.Consume(context.Background(), func(_ context.Context, req *apify.Request) error {
+			if req.ID == ids[1] {
+				req.Method = "TELEPORT" // the API refuses this method with 400
+				req.UserData = json.RawMessage(`{"x":1}`)
+			}
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "sloppy"})
+		require.NoError(t, err, "a refused update is not a reason to stop")
+		assert.Equal(t, 3, stats.Handled)
+		assert.Len(t, srv.Handled(q.ID()), 3)
+		got, err := q.GetRequest(context.Background(), ids[1])
+		require.NoError(t, err)
+		assert.Equal(t, "GET", got.Method)
+		assert.Empty(t, got.UserData)
+	})
+}
