@@ -184,9 +184,12 @@ type ConsumeStats struct {
 //     end even if a handler ignores its ctx (that handler's result is then
 //     dropped).
 //  7. Errors: Consume returns an error only for invalid options (before any
-//     I/O, wrapping ErrInvalidInput or ErrInvalidClientKey), when the queue
-//     is unusable (its own calls get 400, 401, 404, or a 403 other than a
-//     refused lock), or when ctx ends. Transient failures (429, 5xx,
+//     I/O, wrapping ErrInvalidInput, ErrInvalidClientKey or
+//     ErrInvalidQueueID), when the queue is unusable (a 401, a 403 other
+//     than a refused lock, or a 400 or 404 on the queue's own unlock and
+//     head/lock calls; a 404 on one request only skips that request, and a
+//     400 on a result records it on the request as read), or when ctx
+//     ends. Transient failures (429, 5xx,
 //     network), even after the client's retries, are counted in
 //     CallErrors, logged, and tried again after a backoff (Retry-After when
 //     the API sent one). A request whose result cannot be written stays
