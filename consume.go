@@ -60,6 +60,7 @@ const (
 	DefaultConsumePrefetch        = MaxLockHeadLimit
 	DefaultConsumeMaxErrorsKept   = 10
 	maxConsumeErrorMessageLength  = 1000
+	consumeMaxConcurrency         = 10_000
 	consumeMinLockDuration        = time.Second
 	consumeMaxLockDuration        = 24 * time.Hour
 	consumeFinishConfirmWait      = time.Second
@@ -240,8 +241,8 @@ func (o ConsumeOptions) resolve() (ConsumeOptions, error) {
 	switch {
 	case o.Concurrency == 0:
 		o.Concurrency = DefaultConsumeConcurrency
-	case o.Concurrency < 0:
-		bad("Concurrency is %d; it must be positive (0 means %d)", o.Concurrency, DefaultConsumeConcurrency)
+	case o.Concurrency < 0 || o.Concurrency > consumeMaxConcurrency:
+		bad("Concurrency is %d; it must be 1 to %d (0 means %d)", o.Concurrency, consumeMaxConcurrency, DefaultConsumeConcurrency)
 	}
 	switch {
 	case o.LockDuration == 0:
@@ -278,6 +279,8 @@ func (o ConsumeOptions) resolve() (ConsumeOptions, error) {
 		o.Prefetch = DefaultConsumePrefetch
 	case o.Prefetch < 0:
 		o.Prefetch = 0
+	case o.Prefetch > consumeMaxConcurrency:
+		bad("Prefetch is %d; it must be at most %d (0 means %d, negative none)", o.Prefetch, consumeMaxConcurrency, DefaultConsumePrefetch)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -664,7 +667,7 @@ func (c *consumer) process(it *item) {
 	// the keeper a third of the lock before expiry; one whose renewal failed
 	// so far is lost when its deadline passes.
 	req, ok := c.fetch(it)
-	if !ok {
+	if !ok || !c.awaitValidLock(it) {
 		return
 	}
 	if c.taking.Err() != nil {
@@ -724,6 +727,34 @@ func (c *consumer) process(it *item) {
 	// The queue owns these fields; the handler's changes to them are ignored.
 	req.ID, req.UniqueKey, req.RetryCount, req.HandledAt = orig.ID, orig.UniqueKey, orig.RetryCount, time.Time{}
 	c.record(it, req, &orig, herr)
+}
+
+// awaitValidLock holds a request back from its handler while less than a
+// sixth of LockDuration is left on its lock, which happens only when the
+// keeper's prolongs keep failing: it waits until a prolong succeeds, or the
+// lock is lost (false). So a handler starts only on a lock with time left.
+func (c *consumer) awaitValidLock(it *item) bool {
+	margin := c.o.LockDuration / 6
+	for {
+		c.mu.Lock()
+		lost, left := it.lost, time.Until(it.deadline)
+		c.mu.Unlock()
+		switch {
+		case lost:
+			return false
+		case left >= margin:
+			return true
+		case left <= 0:
+			c.mu.Lock()
+			c.loseLocked(it, "the lock expired before it could be prolonged", nil)
+			c.mu.Unlock()
+			return false
+		}
+		if !sleepCtx(c.taking, max(min(left/2, 250*time.Millisecond), time.Millisecond)) {
+			c.unstart(it, true)
+			return false
+		}
+	}
 }
 
 // call runs the handler, turning a panic into an error.

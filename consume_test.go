@@ -565,6 +565,9 @@ func TestConsumeRejectsBadOptionsBeforeAnyCall(t *testing.T) {
 		naming string
 	}{
 		{"negative concurrency", "q", ok, apify.ConsumeOptions{Concurrency: -1}, apify.ErrInvalidInput, "ConsumeOptions.Concurrency is -1"},
+		{"huge concurrency", "q", ok, apify.ConsumeOptions{Concurrency: 1 << 40}, apify.ErrInvalidInput, "ConsumeOptions.Concurrency is 1099511627776; it must be 1 to 10000"},
+		{"huge prefetch", "q", ok, apify.ConsumeOptions{Prefetch: 1 << 40}, apify.ErrInvalidInput, "ConsumeOptions.Prefetch is 1099511627776"},
+		{"several at once", "q", ok, apify.ConsumeOptions{Concurrency: -1, HandlerTimeout: -1}, apify.ErrInvalidInput, "ConsumeOptions.HandlerTimeout is -1ns"},
 		{"lock too short", "q", ok, apify.ConsumeOptions{LockDuration: 500 * time.Millisecond}, apify.ErrInvalidInput, "ConsumeOptions.LockDuration is 500ms"},
 		{"lock too long", "q", ok, apify.ConsumeOptions{LockDuration: 48 * time.Hour}, apify.ErrInvalidInput, "ConsumeOptions.LockDuration is 48h0m0s"},
 		{"lock overflow", "q", ok, apify.ConsumeOptions{LockDuration: time.Duration(1<<63 - 1)}, apify.ErrInvalidInput, "ConsumeOptions.LockDuration"},
@@ -748,5 +751,54 @@ func TestConsumeRecordsOnTheRequestAsReadWhenTheAPIRefusesTheHandlersChanges(t *
 		require.NoError(t, err)
 		assert.Equal(t, "GET", got.Method)
 		assert.Empty(t, got.UserData)
+	})
+}
+
+// failProlongOf is a transport whose prolongs of one request always fail
+// with 503; every other call is served in memory.
+type failProlongOf struct {
+	h  http.Handler
+	id string
+}
+
+func (t failProlongOf) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/requests/"+t.id+"/lock") {
+		rec := httptest.NewRecorder()
+		rec.WriteHeader(http.StatusServiceUnavailable)
+		resp := rec.Result()
+		resp.Request = r
+		return resp, nil
+	}
+	return serveInMemory(t.h, r)
+}
+
+// A request is handed to its handler only while its lock has time left: a
+// prefetched request whose prolongs fail and whose lock is nearly over
+// waits, and is dropped when the lock ends, rather than run on a lock about
+// to lapse (which would cut its handler short and run it twice).
+func TestConsumeStartsHandlersOnlyOnValidLocks(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const lock = 12 * time.Second
+		srv, q, ids := memQueue(t, 2)
+		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: failProlongOf{srv.Handler(), ids[1]}})).RequestQueue(q.ID())
+		var seen runs
+		stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
+			seen.add(req.ID)
+			st, _ := srv.Request(q.ID(), req.ID)
+			require.NotNil(t, st.Lock)
+			assert.GreaterOrEqual(t, time.Until(st.Lock.ExpiresAt), lock/6, "started with at least a sixth of the lock left")
+			select {
+			case <-time.After(11 * time.Second):
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}, apify.ConsumeOptions{ClientKey: "careful", Concurrency: 1, Prefetch: 1, LockDuration: lock})
+		require.NoError(t, err)
+		assert.Equal(t, 1, seen.get(ids[0]))
+		assert.Equal(t, 1, seen.get(ids[1]), "the second request ran once, on a fresh lock")
+		assert.Equal(t, 2, stats.Handled)
+		assert.Equal(t, 1, stats.LocksLost, "the waiting request's lock lapsed before it started")
+		assert.Positive(t, stats.CallErrors)
 	})
 }
