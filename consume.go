@@ -151,7 +151,9 @@ type ConsumeStats struct {
 //  2. Flow control: one loop locks requests with head/lock (at most 25 per
 //     call), as many as the free handler slots and Prefetch can take, and
 //     hands them to handlers in queue order; a request goes to a handler
-//     only while its lock is valid.
+//     only while at least a sixth of LockDuration is left on its lock (one
+//     whose prolongs fail waits for one to succeed, or is dropped when its
+//     lock ends).
 //  3. Leases: every request held, waiting or running, is prolonged when
 //     less than a third of LockDuration is left, so handlers much shorter
 //     than the lock cost no prolong at all. Expiry is tracked with the
