@@ -802,3 +802,43 @@ func TestConsumeStartsHandlersOnlyOnValidLocks(t *testing.T) {
 		assert.Positive(t, stats.CallErrors)
 	})
 }
+
+// A result that cannot be written keeps its request locked (renewed past
+// its first lock) while Consume retries, and the shutdown releases it:
+// never lost, never run twice.
+func TestConsumeKeepsAnUnrecordableRequestLockedThenReleasesIt(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const lock = 10 * time.Second
+		srv, q, ids := memQueue(t, 1)
+		srv.FailNext(apifytest.OpUpdateRequest, 100_000, apifytest.Fault{Status: 500})
+		ctx, cancel := context.WithCancel(context.Background())
+		var n atomic.Int32
+		type result struct {
+			stats *apify.ConsumeStats
+			err   error
+		}
+		done := make(chan result, 1)
+		go func() {
+			stats, err := q.Consume(ctx, func(context.Context, *apify.Request) error { n.Add(1); return nil },
+				apify.ConsumeOptions{ClientKey: "stubborn", LockDuration: lock, DrainTimeout: time.Second, ShutdownTimeout: 2 * time.Second})
+			done <- result{stats, err}
+		}()
+		time.Sleep(5 * lock)
+		synctest.Wait()
+		st, _ := srv.Request(q.ID(), ids[0])
+		require.NotNil(t, st.Lock, "still locked after 5 lock durations")
+		assert.Equal(t, "stubborn", st.Lock.ClientKey)
+		cancel()
+		r := <-done
+		require.ErrorIs(t, r.err, context.Canceled)
+		assert.Equal(t, int32(1), n.Load(), "the handler ran once")
+		assert.Zero(t, r.stats.Handled+r.stats.LocksLost)
+		assert.Positive(t, r.stats.CallErrors)
+		assert.GreaterOrEqual(t, r.stats.LocksRenewed, 6)
+		assert.Equal(t, 1, r.stats.ReleasedAtExit)
+		st, _ = srv.Request(q.ID(), ids[0])
+		assert.Nil(t, st.Lock, "released at exit")
+		assert.False(t, st.Handled())
+		assert.Len(t, srv.Pending(q.ID()), 1)
+	})
+}
