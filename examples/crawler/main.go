@@ -37,6 +37,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -48,6 +49,7 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	stdout = &syncWriter{w: stdout} // handlers print from several goroutines
 	fs := flag.NewFlagSet("crawler", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	queueID := fs.String("queue", defaultQueueID(), "queue ID or username~queue-name (default $ACTOR_DEFAULT_REQUEST_QUEUE_ID, else $APIFY_QUEUE_ID)")
@@ -108,6 +110,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "crawler: failed: %v (%s)\n", err, summary)
 		return 1
 	}
+}
+
+// syncWriter serializes writes to w.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }
 
 // defaultQueueID is the Actor run's default queue, or APIFY_QUEUE_ID.
