@@ -16,7 +16,8 @@ import (
 )
 
 // Handler processes one request taken from a queue by
-// [RequestQueueClient.Consume]. It gets the whole request (as GetRequest
+// [RequestQueueClient.Consume], which calls it from up to Concurrency
+// goroutines at once. It gets the whole request (as GetRequest
 // returns it) and may change req.UserData (and the other fields the API
 // stores, apart from ID and UniqueKey): Consume writes the request back when
 // it records the result.

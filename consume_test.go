@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -840,5 +841,38 @@ func TestConsumeKeepsAnUnrecordableRequestLockedThenReleasesIt(t *testing.T) {
 		assert.Nil(t, st.Lock, "released at exit")
 		assert.False(t, st.Handled())
 		assert.Len(t, srv.Pending(q.ID()), 1)
+	})
+}
+
+// loseFirstLockAnswer serves every call in memory, but the answer to the
+// first head/lock is lost on the way back: the server locked a batch the
+// consumer never saw.
+type loseFirstLockAnswer struct {
+	h    http.Handler
+	lost atomic.Bool
+}
+
+func (t *loseFirstLockAnswer) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := serveInMemory(t.h, r)
+	if err == nil && strings.HasSuffix(r.URL.Path, "/head/lock") && t.lost.CompareAndSwap(false, true) {
+		return nil, io.ErrUnexpectedEOF
+	}
+	return resp, err
+}
+
+// Requests locked by a head/lock whose answer was lost are not left to
+// expire: once Consume holds nothing else, it releases its own locks.
+func TestConsumeReleasesLocksOfALostHeadLockAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 30)
+		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: &loseFirstLockAnswer{h: srv.Handler()}})).RequestQueue(q.ID())
+		start := time.Now()
+		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil },
+			apify.ConsumeOptions{ClientKey: "unlucky", LockDuration: time.Hour})
+		require.NoError(t, err)
+		assert.Equal(t, 30, stats.Handled)
+		assert.Equal(t, 1, stats.CallErrors)
+		assert.Less(t, time.Since(start), time.Minute, "not an hour: the stranded batch was released")
+		assert.Equal(t, 3, srv.Calls(apifytest.OpUnlockRequests), "at start, for the stranded batch, at exit")
 	})
 }
