@@ -51,16 +51,26 @@ var ErrHandlerTimeout = errors.New("apify: the handler timed out")
 // ended and ConsumeOptions.DrainTimeout passed before the handler returned.
 var ErrShuttingDown = errors.New("apify: the consumer is shutting down")
 
-// Defaults of [ConsumeOptions].
+// Defaults of [ConsumeOptions], used for its zero fields.
 const (
-	DefaultConsumeConcurrency     = 10
-	DefaultConsumeLockDuration    = time.Minute
-	DefaultConsumeHandlerTimeout  = time.Minute
-	DefaultConsumeMaxRetries      = 3
-	DefaultConsumeDrainTimeout    = 10 * time.Second
-	DefaultConsumePrefetch        = MaxLockHeadLimit
-	DefaultConsumeMaxErrorsKept   = 10
-	maxConsumeErrorMessageLength  = 1000
+	// DefaultConsumeConcurrency is how many handlers run at once.
+	DefaultConsumeConcurrency = 10
+	// DefaultConsumeLockDuration is the lease taken and renewed per request.
+	DefaultConsumeLockDuration = time.Minute
+	// DefaultConsumeHandlerTimeout bounds one handler call.
+	DefaultConsumeHandlerTimeout = time.Minute
+	// DefaultConsumeMaxRetries is how many times a failed request is tried again.
+	DefaultConsumeMaxRetries = 3
+	// DefaultConsumeDrainTimeout is how long running handlers may go on at shutdown.
+	DefaultConsumeDrainTimeout = 10 * time.Second
+	// DefaultConsumePrefetch is how many locked requests may wait for a free
+	// handler: one head/lock call's worth.
+	DefaultConsumePrefetch = MaxLockHeadLimit
+)
+
+const (
+	consumeErrorsKept             = 10   // error messages kept on a request
+	consumeErrorMessageMax        = 1000 // bytes of one error message
 	consumeMaxConcurrency         = 10_000
 	consumeMinLockDuration        = time.Second
 	consumeMaxLockDuration        = 24 * time.Hour
@@ -1161,19 +1171,19 @@ func isLockRefused(err error) bool {
 }
 
 // appendError adds a handler's error to a request's error messages, keeping
-// the last DefaultConsumeMaxErrorsKept, each clipped.
+// the last consumeErrorsKept, each clipped.
 func appendError(msgs []string, err error) []string {
 	m := err.Error()
-	if len(m) > maxConsumeErrorMessageLength {
-		cut := maxConsumeErrorMessageLength
+	if len(m) > consumeErrorMessageMax {
+		cut := consumeErrorMessageMax
 		for cut > 0 && !utf8.RuneStart(m[cut]) {
 			cut--
 		}
 		m = m[:cut] + "…"
 	}
 	msgs = append(append([]string(nil), msgs...), m)
-	if n := len(msgs); n > DefaultConsumeMaxErrorsKept {
-		msgs = msgs[n-DefaultConsumeMaxErrorsKept:]
+	if n := len(msgs); n > consumeErrorsKept {
+		msgs = msgs[n-consumeErrorsKept:]
 	}
 	return msgs
 }
