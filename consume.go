@@ -34,22 +34,22 @@ type Handler func(ctx context.Context, req *Request) error
 
 // ErrNoRetry, wrapped by a handler's error, fails the request at once: it is
 // marked handled with the error recorded, whatever its retry count.
-var ErrNoRetry = errors.New("apify: do not retry this request")
+var ErrNoRetry = errors.New("do not retry")
 
 // ErrLockLost is the cause (context.Cause) of a handler's ctx when the
 // consumer lost the request's lock: a prolong was refused (another client
 // holds it, or it was deleted or handled), or the lock expired before it
 // could be prolonged. The handler's result is then not recorded.
-var ErrLockLost = errors.New("apify: the request's lock was lost")
+var ErrLockLost = errors.New("lock lost")
 
 // ErrHandlerTimeout is the cause of a handler's ctx when its
 // ConsumeOptions.HandlerTimeout passed; the request then fails (and is
 // retried if it has retries left).
-var ErrHandlerTimeout = errors.New("apify: the handler timed out")
+var ErrHandlerTimeout = errors.New("handler timed out")
 
 // ErrShuttingDown is the cause of a handler's ctx when the consumer's ctx
 // ended and ConsumeOptions.DrainTimeout passed before the handler returned.
-var ErrShuttingDown = errors.New("apify: the consumer is shutting down")
+var ErrShuttingDown = errors.New("consumer shutting down")
 
 // Defaults of [ConsumeOptions], used for its zero fields.
 const (

@@ -366,7 +366,7 @@ func TestConsumeHandlerTimeout(t *testing.T) {
 			assert.Equal(t, 1, stats.Retried)
 			assert.Equal(t, 1, stats.Failed)
 			require.Len(t, req.ErrorMessages, 2)
-			assert.Contains(t, req.ErrorMessages[0], "the handler timed out after 5s")
+			assert.Contains(t, req.ErrorMessages[0], "handler timed out after 5s")
 		})
 	})
 	t.Run("a handler that ignores its ctx stops being renewed and loses its lock", func(t *testing.T) {
