@@ -876,3 +876,17 @@ func TestConsumeReleasesLocksOfALostHeadLockAnswer(t *testing.T) {
 		assert.Equal(t, 3, srv.Calls(apifytest.OpUnlockRequests), "at start, for the stranded batch, at exit")
 	})
 }
+
+// Handlers get requests in queue order.
+func TestConsumeFollowsQueueOrder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, q, ids := memQueue(t, 60)
+		var got []string
+		_, err := q.Consume(context.Background(), func(_ context.Context, req *apify.Request) error {
+			got = append(got, req.ID)
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "orderly", Concurrency: 1})
+		require.NoError(t, err)
+		assert.Equal(t, ids, got)
+	})
+}
