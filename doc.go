@@ -23,6 +23,17 @@
 // locked or pending requests, and [RequestQueueClient.BatchAddRequests] adds
 // any number of requests, sending again what the API reports unprocessed.
 //
+// # Consuming a queue
+//
+// [RequestQueueClient.Consume] is a whole crawler loop: it locks requests,
+// runs a [Handler] on each, keeps the locks alive while handlers run,
+// records results and retries, takes back at start what an earlier run with
+// the same clientKey left locked, and releases every lock when ctx ends.
+//
+//	stats, err := q.Consume(ctx, func(ctx context.Context, req *apify.Request) error {
+//		return crawl(ctx, req) // nil: handled; an error: tried again later
+//	}, apify.ConsumeOptions{Concurrency: 10})
+//
 // # Correct on the wire
 //
 // The queue ID is escaped as one path segment (a "/", "?" or "#" in it can

@@ -1,21 +1,31 @@
-// Command crawler is a small but real consumer of an Apify request queue:
-// it locks a batch of requests, processes each one, marks it handled,
-// prolongs the locks it still holds while the work runs long, and on SIGINT
-// or SIGTERM stops taking work and releases every lock it holds before it
-// exits, within a bounded time.
+// Command crawler consumes an Apify request queue with
+// [apify.RequestQueueClient.Consume]: it runs a handler on every request,
+// several at a time, keeps their locks alive while they run, retries
+// failures, and on SIGINT or SIGTERM lets running handlers finish, releases
+// every lock it holds, and exits, within a bounded time. Started again with
+// the same clientKey (an Actor run keeps its ID across restarts), it first
+// takes back whatever an earlier, killed run left locked.
 //
 // The "work" here is a pause of --work per request (a real crawler would
-// fetch and parse the URL), so the example runs anywhere.
+// fetch and parse the URL, and add the links it finds), so the example runs
+// anywhere.
 //
 // Configuration comes from the environment Apify sets in an Actor run
-// (APIFY_TOKEN, APIFY_API_BASE_URL, ACTOR_RUN_ID) and from flags:
+// (APIFY_TOKEN, APIFY_API_BASE_URL, ACTOR_RUN_ID,
+// ACTOR_DEFAULT_REQUEST_QUEUE_ID) and from flags:
 //
-//	crawler --queue QUEUE_ID [--client-key K] [--batch 10] [--lock 60s] [--work 200ms] [--shutdown-timeout 5s]
+//	crawler --queue QUEUE_ID [--client-key K] [--concurrency 10] [--lock 1m] [--work 200ms]
+//	        [--drain-timeout 10s] [--shutdown-timeout 5s] [--keep-alive]
 //
 // Try it offline against the emulator:
 //
 //	go run ./cmd/apify-rq serve --queue demo   # prints the base URL and the queue ID
 //	APIFY_API_BASE_URL=http://127.0.0.1:8080 go run ./examples/crawler --queue QUEUE_ID
+//
+// Exit codes: 0 the queue is done, or the crawler was stopped by a signal
+// and shut down cleanly; 1 the queue is unusable (a 401, 403 or 404, say);
+// 2 usage error. A failure to release the locks at exit is logged (they
+// then expire on their own, or the next start with the same key takes them).
 package main
 
 import (
@@ -24,6 +34,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"sync"
@@ -37,196 +48,86 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-type config struct {
-	queueID         string
-	clientKey       string
-	batch           int
-	lock            time.Duration
-	work            time.Duration
-	shutdownTimeout time.Duration
-}
-
 func run(args []string, stdout, stderr io.Writer) int {
-	cfg := config{}
+	stdout = &syncWriter{w: stdout} // handlers print from several goroutines
 	fs := flag.NewFlagSet("crawler", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.queueID, "queue", os.Getenv("APIFY_QUEUE_ID"), "queue ID or username~queue-name (default $APIFY_QUEUE_ID)")
-	fs.StringVar(&cfg.clientKey, "client-key", apify.DefaultClientKey(), "clientKey to lock under (default: the Actor run ID, else random)")
-	fs.IntVar(&cfg.batch, "batch", 10, "requests to lock at a time (1 to 25)")
-	fs.DurationVar(&cfg.lock, "lock", time.Minute, "lock duration")
-	fs.DurationVar(&cfg.work, "work", 200*time.Millisecond, "simulated work per request")
-	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 5*time.Second, "time allowed to release the locks at exit")
+	queueID := fs.String("queue", defaultQueueID(), "queue ID or username~queue-name (default $ACTOR_DEFAULT_REQUEST_QUEUE_ID, else $APIFY_QUEUE_ID)")
+	var opts apify.ConsumeOptions
+	fs.StringVar(&opts.ClientKey, "client-key", apify.DefaultClientKey(), "clientKey to lock under: keep it across restarts (default: the Actor run ID, else random)")
+	fs.IntVar(&opts.Concurrency, "concurrency", 10, "requests handled at once")
+	fs.DurationVar(&opts.LockDuration, "lock", time.Minute, "lock duration (renewed while a request is held)")
+	fs.DurationVar(&opts.HandlerTimeout, "handler-timeout", time.Minute, "time allowed to one request")
+	fs.DurationVar(&opts.DrainTimeout, "drain-timeout", 10*time.Second, "at a signal, time running requests get to finish")
+	fs.DurationVar(&opts.ShutdownTimeout, "shutdown-timeout", 5*time.Second, "time allowed to release the locks at exit")
+	fs.BoolVar(&opts.KeepAlive, "keep-alive", false, "wait for new requests instead of exiting when the queue is done")
+	work := fs.Duration("work", 200*time.Millisecond, "simulated work per request")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if cfg.queueID == "" {
-		fmt.Fprintln(stderr, "crawler: --queue (or APIFY_QUEUE_ID) is required")
+	if *queueID == "" {
+		fmt.Fprintln(stderr, "crawler: --queue (or ACTOR_DEFAULT_REQUEST_QUEUE_ID or APIFY_QUEUE_ID) is required")
 		return 2
 	}
-
 	c, err := apify.NewClientFromEnv()
 	if err != nil {
 		fmt.Fprintln(stderr, "crawler:", err)
 		return 2
 	}
-	q := c.RequestQueue(cfg.queueID)
+	opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
-	// SIGINT or SIGTERM cancels ctx: the crawler stops taking work.
+	// SIGINT or SIGTERM cancels ctx: Consume stops taking work, drains, and
+	// releases every lock before it returns.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	fmt.Fprintf(stdout, "crawler: consuming queue %s as client %s\n", cfg.queueID, cfg.clientKey)
-	handled, crawlErr := crawl(ctx, q, cfg, stdout)
+	fmt.Fprintf(stdout, "crawler: consuming queue %s as client %s\n", *queueID, opts.ClientKey)
+	stats, err := c.RequestQueue(*queueID).Consume(ctx, func(ctx context.Context, req *apify.Request) error {
+		// The work; a real crawler fetches req.URL here with ctx, and adds
+		// the links it finds with AddRequest.
+		select {
+		case <-time.After(*work):
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		fmt.Fprintf(stdout, "crawler: handled %s\n", req.URL)
+		return nil
+	}, opts)
 
-	// Always release what we still hold, even though ctx may be cancelled:
-	// UnlockAtShutdown runs detached from it, under its own deadline.
-	res, unlockErr := q.UnlockAtShutdown(ctx, cfg.clientKey, cfg.shutdownTimeout)
+	summary := fmt.Sprintf("handled %d, failed %d, retried %d, locks lost %d; recovered %d locks at start, released %d at exit; %d queue calls",
+		stats.Handled, stats.Failed, stats.Retried, stats.LocksLost, stats.RecoveredAtStart, stats.ReleasedAtExit, stats.APICalls)
 	switch {
-	case unlockErr != nil:
-		fmt.Fprintf(stderr, "crawler: releasing locks failed (they expire after %v): %v\n", cfg.lock, unlockErr)
-	case ctx.Err() != nil:
-		fmt.Fprintf(stdout, "crawler: stopped by signal after %d requests; released %d locks\n", handled, res.UnlockedCount)
+	case err == nil:
+		fmt.Fprintf(stdout, "crawler: queue finished: %s\n", summary)
+		return 0
+	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
+		fmt.Fprintf(stdout, "crawler: stopped by signal: %s\n", summary)
+		return 0
+	case errors.Is(err, apify.ErrInvalidInput) && stats.APICalls == 0:
+		fmt.Fprintln(stderr, "crawler:", err) // a bad flag value
+		return 2
 	default:
-		fmt.Fprintf(stdout, "crawler: queue finished after %d requests; released %d locks\n", handled, res.UnlockedCount)
-	}
-	if crawlErr != nil {
-		fmt.Fprintln(stderr, "crawler:", crawlErr)
+		fmt.Fprintf(stderr, "crawler: failed: %v (%s)\n", err, summary)
 		return 1
 	}
-	if unlockErr != nil {
-		return 1
+}
+
+// syncWriter serializes writes to w.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+// defaultQueueID is the Actor run's default queue, or APIFY_QUEUE_ID.
+func defaultQueueID() string {
+	if id := os.Getenv("ACTOR_DEFAULT_REQUEST_QUEUE_ID"); id != "" {
+		return id
 	}
-	return 0
-}
-
-// crawl consumes the queue until it is finished or ctx is cancelled, and
-// returns how many requests it handled.
-func crawl(ctx context.Context, q *apify.RequestQueueClient, cfg config, out io.Writer) (int, error) {
-	held := newHeldLocks()
-	stopProlonging := held.prolongEvery(ctx, q, cfg)
-	defer stopProlonging()
-
-	handled := 0
-	idle := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		head, err := q.ListAndLockHead(ctx, apify.LockHeadOptions{Limit: cfg.batch, LockDuration: cfg.lock, ClientKey: cfg.clientKey})
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			return handled, err
-		}
-		if len(head.Items) == 0 {
-			if !head.QueueHasLockedRequests {
-				return handled, nil // nothing pending, nothing in progress anywhere: done
-			}
-			sleep(ctx, idle) // others hold the rest; their locks may come back
-			continue
-		}
-		held.add(head.Items)
-		for _, it := range head.Items {
-			if ctx.Err() != nil {
-				break // stop taking work; the rest of the batch is released at exit
-			}
-			if err := process(ctx, q, cfg, it); err != nil {
-				if ctx.Err() != nil {
-					break
-				}
-				return handled, err
-			}
-			held.remove(it.ID)
-			handled++
-			fmt.Fprintf(out, "crawler: handled %s\n", it.URL)
-		}
-	}
-	return handled, nil
-}
-
-// process does the work for one request and marks it handled. Marking it
-// handled releases its lock.
-func process(ctx context.Context, q *apify.RequestQueueClient, cfg config, it apify.LockedRequest) error {
-	req, err := q.GetRequest(ctx, it.ID) // the whole request: UpdateRequest writes it back
-	if err != nil {
-		return err
-	}
-	if !sleep(ctx, cfg.work) { // the work; a real crawler fetches req.URL here
-		return ctx.Err()
-	}
-	req.HandledAt = time.Now().UTC() // handled: this also releases the lock
-	_, err = q.UpdateRequest(ctx, *req, apify.RequestOptions{ClientKey: cfg.clientKey})
-	return err
-}
-
-// heldLocks is the set of requests locked but not yet handled. Work on one
-// request can outlast the locks of the others in its batch, so they are all
-// prolonged at half the lock duration.
-type heldLocks struct {
-	mu  sync.Mutex
-	ids map[string]struct{}
-}
-
-func newHeldLocks() *heldLocks { return &heldLocks{ids: map[string]struct{}{}} }
-
-func (h *heldLocks) add(items []apify.LockedRequest) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, it := range items {
-		h.ids[it.ID] = struct{}{}
-	}
-}
-
-func (h *heldLocks) remove(id string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	delete(h.ids, id)
-}
-
-func (h *heldLocks) snapshot() []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	ids := make([]string, 0, len(h.ids))
-	for id := range h.ids {
-		ids = append(ids, id)
-	}
-	return ids
-}
-
-// prolongEvery keeps the held locks alive until ctx ends or the returned
-// stop function is called (which waits for the prolonging to finish).
-func (h *heldLocks) prolongEvery(ctx context.Context, q *apify.RequestQueueClient, cfg config) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(max(cfg.lock/2, 500*time.Millisecond))
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			for _, id := range h.snapshot() {
-				_, err := q.ProlongRequestLock(ctx, id, apify.ProlongLockOptions{LockDuration: cfg.lock, ClientKey: cfg.clientKey})
-				if err != nil && !errors.Is(err, context.Canceled) {
-					// The request was handled meanwhile, or its lock is gone:
-					// either way there is nothing more to keep.
-					h.remove(id)
-				}
-			}
-		}
-	}()
-	return func() { cancel(); <-done }
-}
-
-// sleep waits for d or until ctx ends, and reports whether it waited it all.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	return os.Getenv("APIFY_QUEUE_ID")
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rqkit/apify"
 	"github.com/rqkit/apify/apifytest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -30,80 +32,174 @@ func seedQueue(t *testing.T, srv *apifytest.Server, n int) string {
 	return queueID
 }
 
-// The built crawler gets SIGTERM in the middle of a batch: it stops taking
-// work, releases every lock it holds, and exits within its shutdown budget.
-func TestSIGTERMReleasesLocks(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the crawler binary")
-	}
-	srv := apifytest.Start(t, apifytest.WithToken("crawler-token"))
-	queueID := seedQueue(t, srv, 200)
-
+// build compiles a command of this module into dir.
+func build(t *testing.T, dir, name, pkg string) string {
+	t.Helper()
 	gobin, err := exec.LookPath("go")
 	require.NoError(t, err)
-	bin := filepath.Join(t.TempDir(), "crawler")
-	out, err := exec.Command(gobin, "build", "-o", bin, ".").CombinedOutput()
+	bin := filepath.Join(dir, name)
+	out, err := exec.Command(gobin, "build", "-o", bin, pkg).CombinedOutput()
 	require.NoError(t, err, string(out))
+	return bin
+}
 
-	const shutdownTimeout = 3 * time.Second
-	cmd := exec.Command(bin, "--queue", queueID, "--client-key", "sigterm-test", "--batch", "10",
-		"--lock", "10m", "--work", "20ms", "--shutdown-timeout", shutdownTimeout.String())
-	cmd.Env = []string{"APIFY_API_BASE_URL=" + srv.URL, "APIFY_TOKEN=crawler-token"}
-	stdout, err := cmd.StdoutPipe()
+// process is a running command whose stdout is read line by line.
+type process struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	lines  chan string
+	stderr bytes.Buffer
+	seen   []string
+}
+
+func start(t *testing.T, bin string, env []string, args ...string) *process {
+	t.Helper()
+	p := &process{t: t, cmd: exec.Command(bin, args...), lines: make(chan string, 10000)}
+	p.cmd.Env = env
+	p.cmd.Stderr = &p.stderr
+	stdout, err := p.cmd.StdoutPipe()
 	require.NoError(t, err)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
-
-	// Wait for three handled requests: the first batch of ten is in progress.
-	lines := make(chan string, 1000)
+	require.NoError(t, p.cmd.Start())
+	t.Cleanup(func() { _ = p.cmd.Process.Kill(); _ = p.cmd.Wait() })
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			lines <- sc.Text()
+			p.lines <- sc.Text()
 		}
-		close(lines)
+		close(p.lines)
 	}()
-	var transcript []string
-	handled := 0
-	for handled < 3 {
+	return p
+}
+
+// waitFor reads lines until one matches re, n times; it fails after 30 s.
+func (p *process) waitFor(re *regexp.Regexp, n int) []string {
+	p.t.Helper()
+	deadline := time.After(30 * time.Second)
+	var m []string
+	for n > 0 {
 		select {
-		case l, ok := <-lines:
+		case l, ok := <-p.lines:
 			if !ok {
-				_ = cmd.Wait() // stderr is complete once the process is reaped
-				t.Fatalf("crawler exited early: %s\n%s", strings.Join(transcript, "\n"), stderr.String())
+				_ = p.cmd.Wait()
+				p.t.Fatalf("%s exited early:\n%s\n%s", p.cmd.Path, strings.Join(p.seen, "\n"), p.stderr.String())
 			}
-			transcript = append(transcript, l)
-			if strings.HasPrefix(l, "crawler: handled ") {
-				handled++
+			p.seen = append(p.seen, l)
+			if m = re.FindStringSubmatch(l); m != nil {
+				n--
 			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("no progress in 30 s: %s", strings.Join(transcript, "\n"))
+		case <-deadline:
+			p.t.Fatalf("%s: no %q in 30 s:\n%s", p.cmd.Path, re, strings.Join(p.seen, "\n"))
 		}
 	}
-	require.NotEmpty(t, srv.LockedBy(queueID, "sigterm-test"), "mid-batch: the crawler holds locks")
+	return m
+}
 
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	signalled := time.Now()
-	for l := range lines {
-		transcript = append(transcript, l)
+// rest reads the remaining lines until the process closes stdout.
+func (p *process) rest() []string {
+	for l := range p.lines {
+		p.seen = append(p.seen, l)
 	}
-	require.NoError(t, cmd.Wait(), "exit status; stderr: %s", stderr.String())
-	assert.Less(t, time.Since(signalled), shutdownTimeout+2*time.Second, "exits within its shutdown budget")
+	return p.seen
+}
 
-	last := transcript[len(transcript)-1]
-	m := regexp.MustCompile(`^crawler: stopped by signal after (\d+) requests; released (\d+) locks$`).FindStringSubmatch(last)
-	require.NotNil(t, m, "last line: %q", last)
-	nHandled, _ := strconv.Atoi(m[1])
-	nReleased, _ := strconv.Atoi(m[2])
-	assert.Positive(t, nReleased, "the rest of the batch was released")
+var (
+	handledLine = regexp.MustCompile(`^crawler: handled `)
+	summaryLine = regexp.MustCompile(`^crawler: (queue finished|stopped by signal): handled (\d+), failed (\d+), retried (\d+), locks lost (\d+); recovered (\d+) locks at start, released (\d+) at exit; (\d+) queue calls$`)
+)
 
-	assert.Empty(t, srv.LockedBy(queueID, "sigterm-test"), "no lock left behind")
-	assert.Empty(t, srv.Locked(queueID))
-	assert.Len(t, srv.Handled(queueID), nHandled)
-	assert.Len(t, srv.Pending(queueID), 200-nHandled, "every request not handled is pending again, at once")
-	assert.NotContains(t, stderr.String()+strings.Join(transcript, "\n"), "crawler-token")
+// The built crawler, against the built emulator (apify-rq serve): SIGTERM
+// mid-run makes it drain, release every lock and exit 0 within its budget;
+// a SIGKILL'd run leaves locks that the next run with the same clientKey
+// takes back at once.
+func TestCrawlerProcessSignals(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the crawler and apify-rq binaries")
+	}
+	dir := t.TempDir()
+	crawlerBin := build(t, dir, "crawler", ".")
+	serverBin := build(t, dir, "apify-rq", "../../cmd/apify-rq")
+
+	const token = "crawler-token"
+	server := start(t, serverBin, nil, "serve", "--addr", "127.0.0.1:0", "--queue", "crawl", "--token", token)
+	baseURL := server.waitFor(regexp.MustCompile(`at (http://\S+)$`), 1)[1]
+	queueID := server.waitFor(regexp.MustCompile(`^apify-rq: queue "crawl" has ID (\S+)$`), 1)[1]
+
+	c, err := apify.NewClient(apify.WithBaseURL(baseURL), apify.WithToken(token))
+	require.NoError(t, err)
+	q := c.RequestQueue(queueID)
+	ctx := context.Background()
+	const n = 300
+	for i := 0; i < n; i += apify.MaxBatchSize {
+		batch := make([]apify.Request, 0, apify.MaxBatchSize)
+		for j := i; j < i+apify.MaxBatchSize && j < n; j++ {
+			batch = append(batch, apify.Request{URL: fmt.Sprintf("https://shop.test/p/%d", j), UniqueKey: strconv.Itoa(j)})
+		}
+		res, err := q.BatchAddRequests(ctx, batch, apify.RequestOptions{})
+		require.NoError(t, err)
+		require.Empty(t, res.Unprocessed)
+	}
+	pending := func() int {
+		head, err := q.ListHead(ctx, apify.ListHeadOptions{Limit: 1000})
+		require.NoError(t, err)
+		return len(head.Items)
+	}
+	env := []string{"APIFY_API_BASE_URL=" + baseURL, "APIFY_TOKEN=" + token}
+
+	t.Run("SIGTERM", func(t *testing.T) {
+		const drain, shutdown = 2 * time.Second, 2 * time.Second
+		p := start(t, crawlerBin, env, "--queue", queueID, "--client-key", "sigterm-test", "--concurrency", "4",
+			"--lock", "10m", "--work", "100ms", "--drain-timeout", drain.String(), "--shutdown-timeout", shutdown.String())
+		p.waitFor(handledLine, 8)
+		require.Greater(t, n-pending(), 8, "mid-run: handled and held requests are out of the head")
+
+		require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+		signalled := time.Now()
+		lines := p.rest()
+		require.NoError(t, p.cmd.Wait(), "exit status 0; stderr: %s", p.stderr.String())
+		assert.Less(t, time.Since(signalled), drain+shutdown*3/2+time.Second, "exits within its budget")
+
+		m := summaryLine.FindStringSubmatch(lines[len(lines)-1])
+		require.NotNil(t, m, "last line: %q", lines[len(lines)-1])
+		assert.Equal(t, "stopped by signal", m[1])
+		handled, _ := strconv.Atoi(m[2])
+		released, _ := strconv.Atoi(m[7])
+		assert.Positive(t, released, "the prefetched requests were released")
+		assert.Equal(t, strings.Count(strings.Join(lines, "\n"), "crawler: handled "), handled)
+
+		res, err := q.UnlockRequests(ctx, "sigterm-test")
+		require.NoError(t, err)
+		assert.Zero(t, res.UnlockedCount, "no lock left behind")
+		assert.Equal(t, n-handled, pending(), "every request not handled is pending again, at once")
+		assert.NotContains(t, p.stderr.String()+strings.Join(lines, "\n"), token)
+	})
+
+	t.Run("SIGKILL then restart", func(t *testing.T) {
+		before := pending()
+		p := start(t, crawlerBin, env, "--queue", queueID, "--client-key", "kill-test", "--concurrency", "4",
+			"--lock", "10m", "--work", "300ms")
+		p.waitFor(handledLine, 4)
+		require.NoError(t, p.cmd.Process.Signal(syscall.SIGKILL))
+		_ = p.cmd.Wait()
+		killedHandled := strings.Count(strings.Join(p.rest(), "\n"), "crawler: handled ")
+		// Requests neither handled nor pending are locked by the dead run
+		// (a few more, if it printed "handled" but died before recording it).
+		stranded := before - killedHandled - pending()
+		require.Positive(t, stranded, "the killed run left locks for 10 minutes")
+
+		// The same clientKey: the new run takes them back first thing, and
+		// finishes the queue long before the 10-minute locks would expire.
+		again := start(t, crawlerBin, env, "--queue", queueID, "--client-key", "kill-test", "--concurrency", "16", "--work", "1ms")
+		m := again.waitFor(summaryLine, 1)
+		require.NoError(t, again.cmd.Wait(), again.stderr.String())
+		assert.Equal(t, "queue finished", m[1])
+		recovered, _ := strconv.Atoi(m[6])
+		assert.GreaterOrEqual(t, recovered, stranded, "every stranded lock recovered at start")
+		assert.LessOrEqual(t, recovered, stranded+4)
+		assert.Zero(t, pending())
+		res, err := q.UnlockRequests(ctx, "kill-test")
+		require.NoError(t, err)
+		assert.Zero(t, res.UnlockedCount)
+	})
 }
 
 func TestCrawlerFinishesTheQueue(t *testing.T) {
@@ -113,34 +209,50 @@ func TestCrawlerFinishesTheQueue(t *testing.T) {
 	t.Setenv("APIFY_TOKEN", "")
 
 	var out, errOut bytes.Buffer
-	code := run([]string{"--queue", queueID, "--client-key", "finisher", "--batch", "5", "--work", "1ms"}, &out, &errOut)
+	code := run([]string{"--queue", queueID, "--client-key", "finisher", "--concurrency", "5", "--work", "1ms"}, &out, &errOut)
 	require.Equal(t, 0, code, errOut.String())
-	assert.Contains(t, out.String(), "crawler: queue finished after 12 requests; released 0 locks\n")
+	assert.Regexp(t, `(?m)^crawler: queue finished: handled 12, failed 0, retried 0, locks lost 0; recovered 0 locks at start, released 0 at exit; \d+ queue calls$`, out.String())
 	assert.Equal(t, 12, strings.Count(out.String(), "crawler: handled https://shop.test/p/"))
 	assert.Len(t, srv.Handled(queueID), 12)
 	assert.Empty(t, srv.Locked(queueID))
 }
 
-// Work that outlasts the lock keeps the batch's locks alive.
-func TestCrawlerProlongsLongWork(t *testing.T) {
-	if testing.Short() {
-		t.Skip("takes a few seconds of real time")
+// A queue the crawler may not use is a failure, reported as one: exit 1, the
+// API's error on stderr, and never "queue finished".
+func TestCrawlerReportsFailures(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		token string
+		fault *apifytest.Fault
+		want  string
+	}{
+		{"403", "good", &apifytest.Fault{Status: 403, Type: "insufficient-permissions", Message: "You may not write to this queue"}, "403 insufficient-permissions"},
+		{"401", "wrong", nil, "401 invalid-token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := apifytest.Start(t, apifytest.WithToken("good"))
+			queueID := seedQueue(t, srv, 3)
+			if tc.fault != nil {
+				srv.FailNext(apifytest.OpUnlockRequests, 1, *tc.fault)
+			}
+			t.Setenv("APIFY_API_BASE_URL", srv.URL)
+			t.Setenv("APIFY_TOKEN", tc.token)
+			var out, errOut bytes.Buffer
+			code := run([]string{"--queue", queueID, "--client-key", "denied"}, &out, &errOut)
+			assert.Equal(t, 1, code)
+			assert.Contains(t, errOut.String(), "crawler: failed: ")
+			assert.Contains(t, errOut.String(), tc.want)
+			assert.NotContains(t, out.String(), "queue finished")
+			assert.Len(t, srv.Pending(queueID), 3)
+		})
 	}
-	srv := apifytest.Start(t)
-	queueID := seedQueue(t, srv, 2)
-	t.Setenv("APIFY_API_BASE_URL", srv.URL)
-
-	var out, errOut bytes.Buffer
-	code := run([]string{"--queue", queueID, "--client-key", "slow", "--batch", "2", "--lock", "1s", "--work", "1200ms"}, &out, &errOut)
-	require.Equal(t, 0, code, errOut.String())
-	assert.Len(t, srv.Handled(queueID), 2)
-	assert.GreaterOrEqual(t, srv.Calls(apifytest.OpProlongRequestLock), 2, "locks prolonged every half lock")
 }
 
 func TestCrawlerUsage(t *testing.T) {
 	t.Setenv("APIFY_QUEUE_ID", "")
+	t.Setenv("ACTOR_DEFAULT_REQUEST_QUEUE_ID", "")
 	var out, errOut bytes.Buffer
 	assert.Equal(t, 2, run(nil, &out, &errOut))
-	assert.Contains(t, errOut.String(), "--queue (or APIFY_QUEUE_ID) is required")
-	assert.Equal(t, 2, run([]string{"--batch", "x"}, io.Discard, &errOut))
+	assert.Contains(t, errOut.String(), "--queue (or ACTOR_DEFAULT_REQUEST_QUEUE_ID or APIFY_QUEUE_ID) is required")
+	assert.Equal(t, 2, run([]string{"--concurrency", "x"}, io.Discard, &errOut))
 }

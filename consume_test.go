@@ -1,0 +1,892 @@
+package apify_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+	"unicode/utf8"
+
+	"github.com/rqkit/apify"
+	"github.com/rqkit/apify/apifytest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Consume's tests run inside testing/synctest bubbles against an emulator
+// served in memory: the emulator's clock is the bubble's fake time, so lock
+// expiry, prolongs, timeouts and backoff all happen in simulated time, and
+// a test of a handler that runs for minutes takes milliseconds.
+
+// memQueue makes an in-memory emulator with one queue of n requests and a
+// handle on it. Call it inside a bubble.
+func memQueue(t *testing.T, n int, opts ...apifytest.Option) (*apifytest.Server, *apify.RequestQueueClient, []string) {
+	t.Helper()
+	srv := apifytest.NewUnstartedServer(opts...)
+	queueID := srv.CreateQueue("consume")
+	var ids []string
+	if n > 0 {
+		reqs := make([]apifytest.Request, n)
+		for i := range reqs {
+			reqs[i] = apifytest.Request{URL: fmt.Sprintf("https://shop.test/p/%d", i)}
+		}
+		ids = srv.AddRequests(queueID, reqs...)
+	}
+	return srv, srv.Client().RequestQueue(queueID), ids
+}
+
+// totalCalls is every call the emulator received, on every operation.
+func totalCalls(srv *apifytest.Server) int {
+	n := 0
+	for _, op := range apifytest.Operations() {
+		n += srv.Calls(op)
+	}
+	return n
+}
+
+// runs counts handler invocations per request ID.
+type runs struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (r *runs) add(id string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.n == nil {
+		r.n = map[string]int{}
+	}
+	r.n[id]++
+	return r.n[id]
+}
+
+func (r *runs) get(id string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n[id]
+}
+
+func TestConsumeDrainsTheQueueAndKeepsUserData(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, ids := memQueue(t, 40)
+		ctx := context.Background()
+		_, err := q.AddRequest(ctx, apify.Request{URL: "https://shop.test/start", UniqueKey: "start", UserData: json.RawMessage(`{"label":"START"}`)}, apify.RequestOptions{ClientKey: "seeder"})
+		require.NoError(t, err)
+		before := time.Now()
+
+		var seen runs
+		stats, err := q.Consume(ctx, func(ctx context.Context, req *apify.Request) error {
+			seen.add(req.ID)
+			var ud map[string]any
+			if len(req.UserData) > 0 {
+				require.NoError(t, json.Unmarshal(req.UserData, &ud))
+			} else {
+				ud = map[string]any{}
+			}
+			ud["seen"] = true
+			req.UserData, _ = json.Marshal(ud)
+			time.Sleep(time.Second)
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "drainer", Concurrency: 4})
+		require.NoError(t, err)
+		assert.Equal(t, totalCalls(srv)-1, stats.APICalls, "APICalls counts every call Consume made (the test made 1)")
+
+		assert.Equal(t, 41, stats.Handled)
+		assert.Zero(t, stats.Failed+stats.Retried+stats.LocksLost+stats.CallErrors)
+		assert.Len(t, srv.Pending(q.ID()), 0)
+		assert.Empty(t, srv.Locked(q.ID()))
+		for _, id := range ids {
+			assert.Equal(t, 1, seen.get(id), "each request runs once")
+		}
+		start, err := q.GetRequest(ctx, apifytest.RequestID("start"))
+		require.NoError(t, err)
+		assert.JSONEq(t, `{"label":"START","seen":true}`, string(start.UserData), "the handler's change is saved, nothing is lost")
+		assert.False(t, start.HandledAt.IsZero())
+		got, err := q.GetRequest(ctx, ids[7])
+		require.NoError(t, err)
+		assert.JSONEq(t, `{"seen":true}`, string(got.UserData))
+		// 41 one-second handlers, 4 at a time: about 11 s, plus the final check.
+		assert.Less(t, time.Since(before), 14*time.Second)
+	})
+}
+
+// With handlers shorter than half the lock, a handled request costs at most
+// 2.1 queue calls, counted by the emulator: GetRequest, the update that marks
+// it handled, and a share of head/lock, with no prolong at all.
+func TestConsumeCallsPerRequest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 500
+		srv, q, _ := memQueue(t, n)
+		stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
+			time.Sleep(2 * time.Second)
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "economy", Concurrency: 16, LockDuration: time.Minute})
+		require.NoError(t, err)
+		require.Equal(t, n, stats.Handled)
+		calls := totalCalls(srv)
+		perRequest := float64(calls) / n
+		t.Logf("%d calls for %d requests: %.3f per request (head/lock %d, get %d, update %d, prolong %d, unlock %d)",
+			calls, n, perRequest, srv.Calls(apifytest.OpListAndLockHead), srv.Calls(apifytest.OpGetRequest),
+			srv.Calls(apifytest.OpUpdateRequest), srv.Calls(apifytest.OpProlongRequestLock), srv.Calls(apifytest.OpUnlockRequests))
+		assert.LessOrEqual(t, perRequest, 2.1)
+		assert.Zero(t, srv.Calls(apifytest.OpProlongRequestLock), "no prolong for short handlers")
+		assert.Equal(t, n, srv.Calls(apifytest.OpGetRequest))
+		assert.Equal(t, n, srv.Calls(apifytest.OpUpdateRequest))
+		assert.Equal(t, calls, stats.APICalls)
+	})
+}
+
+// rewriteProlongKey is a transport that sends every prolong under another
+// clientKey, the bug TestCrawlerProlongsLongWork could not see.
+type rewriteProlongKey struct{ h http.Handler }
+
+func (t rewriteProlongKey) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/lock") {
+		r = r.Clone(r.Context())
+		qs := r.URL.Query()
+		qs.Set("clientKey", "somebody-else")
+		r.URL.RawQuery = qs.Encode()
+	}
+	return serveInMemory(t.h, r)
+}
+
+// serveInMemory serves r with h, without sockets.
+func serveInMemory(h http.Handler, r *http.Request) (*http.Response, error) {
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, r)
+	if err := r.Context().Err(); err != nil {
+		return nil, err
+	}
+	resp := rec.Result()
+	resp.Request = r
+	return resp, nil
+}
+
+// A handler that runs 5x the lock keeps its lock the whole time: another
+// client never gets the request, the handler's ctx never ends, and the
+// request is handled once. The same run with prolongs sent under a wrong
+// clientKey must lose the lock: that is what makes this test able to fail.
+func TestConsumeLongHandlerKeepsItsLock(t *testing.T) {
+	const lock = 10 * time.Second
+	for _, broken := range []bool{false, true} {
+		t.Run(fmt.Sprintf("prolongUnderWrongKey=%v", broken), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv, q, ids := memQueue(t, 1)
+				if broken {
+					c := srv.Client(apify.WithHTTPClient(&http.Client{Transport: rewriteProlongKey{srv.Handler()}}))
+					q = c.RequestQueue(q.ID())
+				}
+				other := srv.Client().RequestQueue(q.ID())
+				var (
+					runsN    atomic.Int32
+					stolen   atomic.Int32
+					cause    atomic.Value
+					checking = make(chan struct{})
+				)
+				go func() { // another client tries to take the request every second
+					defer close(checking)
+					for range 60 {
+						time.Sleep(time.Second)
+						head, err := other.ListAndLockHead(context.Background(), apify.LockHeadOptions{Limit: 1, LockDuration: time.Hour, ClientKey: "thief"})
+						if err == nil && len(head.Items) > 0 {
+							stolen.Add(1)
+							return
+						}
+					}
+				}()
+				// A broken consumer would retake and lose the request forever: stop it.
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				defer cancel()
+				stats, err := q.Consume(ctx, func(ctx context.Context, req *apify.Request) error {
+					runsN.Add(1)
+					select {
+					case <-time.After(5 * lock):
+						return nil
+					case <-ctx.Done():
+						cause.Store(context.Cause(ctx))
+						return ctx.Err()
+					}
+				}, apify.ConsumeOptions{ClientKey: "slow", Concurrency: 1, LockDuration: lock, HandlerTimeout: time.Hour})
+				<-checking
+				if !broken {
+					require.NoError(t, err)
+					assert.Zero(t, stolen.Load(), "nobody else got the request while the handler ran")
+					assert.Nil(t, cause.Load(), "the handler's ctx never ended")
+					assert.Equal(t, int32(1), runsN.Load())
+					assert.Equal(t, 1, stats.Handled)
+					assert.Zero(t, stats.LocksLost)
+					// Renewed when a third of the lock is left: about every 6.7 s for 50 s.
+					assert.GreaterOrEqual(t, stats.LocksRenewed, 6)
+					assert.LessOrEqual(t, stats.LocksRenewed, 9)
+					st, _ := srv.Request(q.ID(), ids[0])
+					assert.True(t, st.Handled())
+					return
+				}
+				require.ErrorIs(t, err, context.DeadlineExceeded)
+				assert.Equal(t, int32(1), stolen.Load(), "with broken prolongs the lock lapses and another client takes the request")
+				assert.Equal(t, apify.ErrLockLost, cause.Load(), "and the handler is told")
+				assert.Equal(t, 1, stats.LocksLost)
+				assert.Zero(t, stats.Handled, "its result is not recorded")
+				st, _ := srv.Request(q.ID(), ids[0])
+				assert.False(t, st.Handled())
+				require.NotNil(t, st.Lock)
+				assert.Equal(t, "thief", st.Lock.ClientKey)
+			})
+		})
+	}
+}
+
+// consumeOne runs Consume on a queue of one request with handler h and
+// returns the stats, how often h ran, and the request as it ended.
+func consumeOne(t *testing.T, opts apify.ConsumeOptions, h func(run int, ctx context.Context, req *apify.Request) error) (*apify.ConsumeStats, int, *apify.Request) {
+	t.Helper()
+	_, q, ids := memQueue(t, 1)
+	var n atomic.Int32
+	stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
+		return h(int(n.Add(1)), ctx, req)
+	}, opts)
+	require.NoError(t, err)
+	req, err := q.GetRequest(context.Background(), ids[0])
+	require.NoError(t, err)
+	return stats, int(n.Load()), req
+}
+
+func TestConsumeRetriesFailures(t *testing.T) {
+	fail := func(int, context.Context, *apify.Request) error { return errors.New("HTTP 503 from the shop") }
+	for _, tc := range []struct {
+		name       string
+		maxRetries int
+		wantRuns   int
+	}{
+		{"default", 0, 4}, // 0 means 3 retries
+		{"two", 2, 3},
+		{"never", -1, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				stats, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "retry", MaxRetries: tc.maxRetries}, fail)
+				assert.Equal(t, tc.wantRuns, runs)
+				assert.Equal(t, tc.wantRuns-1, stats.Retried)
+				assert.Equal(t, 1, stats.Failed)
+				assert.Zero(t, stats.Handled)
+				assert.False(t, req.HandledAt.IsZero(), "given up: marked handled")
+				assert.Equal(t, tc.wantRuns-1, req.RetryCount)
+				require.Len(t, req.ErrorMessages, tc.wantRuns)
+				assert.Equal(t, "HTTP 503 from the shop", req.ErrorMessages[0])
+			})
+		})
+	}
+	t.Run("then succeeds", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			stats, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "retry"}, func(run int, ctx context.Context, req *apify.Request) error {
+				assert.Equal(t, run-1, req.RetryCount, "the handler sees the retry count")
+				if run < 3 {
+					return fmt.Errorf("attempt %d failed", run)
+				}
+				return nil
+			})
+			assert.Equal(t, 3, runs)
+			assert.Equal(t, apify.ConsumeStats{Handled: 1, Retried: 2, APICalls: stats.APICalls}, *stats)
+			assert.Equal(t, []string{"attempt 1 failed", "attempt 2 failed"}, req.ErrorMessages)
+			assert.Equal(t, 2, req.RetryCount)
+			assert.False(t, req.HandledAt.IsZero())
+		})
+	})
+	t.Run("error messages are bounded", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			long := strings.Repeat("é", 1500)
+			_, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "retry", MaxRetries: 14}, func(run int, _ context.Context, _ *apify.Request) error {
+				return fmt.Errorf("run %d: %s", run, long)
+			})
+			assert.Equal(t, 15, runs)
+			require.Len(t, req.ErrorMessages, 10, "the last 10 are kept")
+			assert.True(t, strings.HasPrefix(req.ErrorMessages[9], "run 15: "))
+			for _, m := range req.ErrorMessages {
+				assert.LessOrEqual(t, len(m), 1004)
+				assert.True(t, utf8.ValidString(m))
+			}
+		})
+	})
+}
+
+func TestConsumeErrNoRetry(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		stats, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "noretry", MaxRetries: 5}, func(int, context.Context, *apify.Request) error {
+			return fmt.Errorf("page is gone: %w", apify.ErrNoRetry)
+		})
+		assert.Equal(t, 1, runs, "not retried")
+		assert.Equal(t, 1, stats.Failed)
+		assert.Zero(t, stats.Retried)
+		assert.False(t, req.HandledAt.IsZero())
+		assert.Zero(t, req.RetryCount)
+		require.Len(t, req.ErrorMessages, 1)
+		assert.Contains(t, req.ErrorMessages[0], "page is gone")
+	})
+}
+
+func TestConsumePanicIsAFailureOfThatRequest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		stats, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "panic"}, func(run int, _ context.Context, _ *apify.Request) error {
+			if run == 1 {
+				var items []string
+				_ = items[run] // index out of range: a runtime panic
+			}
+			return nil
+		})
+		assert.Equal(t, 2, runs)
+		assert.Equal(t, 1, stats.Handled)
+		assert.Equal(t, 1, stats.Retried)
+		require.Len(t, req.ErrorMessages, 1)
+		assert.Contains(t, req.ErrorMessages[0], "handler panicked: runtime error: index out of range [1] with length 0")
+	})
+}
+
+func TestConsumeHandlerTimeout(t *testing.T) {
+	t.Run("the handler's ctx ends and the request is retried", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			var causes []error
+			start := time.Now()
+			stats, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "timeout", HandlerTimeout: 5 * time.Second, MaxRetries: 1}, func(run int, ctx context.Context, _ *apify.Request) error {
+				<-ctx.Done()
+				causes = append(causes, context.Cause(ctx))
+				assert.Equal(t, 5*time.Second, time.Since(start)-time.Duration(run-1)*5*time.Second)
+				return ctx.Err()
+			})
+			assert.Equal(t, 2, runs)
+			assert.Equal(t, []error{apify.ErrHandlerTimeout, apify.ErrHandlerTimeout}, causes)
+			assert.Equal(t, 1, stats.Retried)
+			assert.Equal(t, 1, stats.Failed)
+			require.Len(t, req.ErrorMessages, 2)
+			assert.Contains(t, req.ErrorMessages[0], "handler timed out after 5s")
+		})
+	})
+	t.Run("a handler that ignores its ctx stops being renewed and loses its lock", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			const lock = 10 * time.Second
+			srv, q, ids := memQueue(t, 1)
+			var n atomic.Int32
+			firstDone := make(chan struct{})
+			stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
+				if n.Add(1) == 1 {
+					defer close(firstDone)
+					time.Sleep(time.Minute) // ignores ctx
+					return nil
+				}
+				return nil
+			}, apify.ConsumeOptions{ClientKey: "hung", Concurrency: 2, LockDuration: lock, HandlerTimeout: 5 * time.Second})
+			require.NoError(t, err)
+			<-firstDone
+			assert.Equal(t, int32(2), n.Load(), "the request ran again once the hung handler's lock lapsed")
+			assert.Equal(t, 1, stats.LocksLost)
+			assert.Equal(t, 1, stats.Handled, "the hung handler's late nil is not recorded")
+			assert.Equal(t, 1, stats.LocksRenewed, "renewed only until HandlerTimeout plus a third of the lock")
+			st, _ := srv.Request(q.ID(), ids[0])
+			assert.True(t, st.Handled())
+			assert.Zero(t, st.RetryCount)
+		})
+	})
+}
+
+// A prolong refused with 403 means another client has the request: the
+// handler's ctx ends with ErrLockLost and its result is not recorded; the
+// request, back in the queue when the lock ends, runs again.
+func TestConsumeLostLock(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, ids := memQueue(t, 1)
+		srv.FailNext(apifytest.OpProlongRequestLock, 1, apifytest.Fault{Status: 403, Type: "request-handled-or-locked", Message: "locked by another client"})
+		var causes []error
+		var mu sync.Mutex
+		stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
+			select {
+			case <-time.After(30 * time.Second):
+				return nil
+			case <-ctx.Done():
+				mu.Lock()
+				causes = append(causes, context.Cause(ctx))
+				mu.Unlock()
+				return errors.New("interrupted")
+			}
+		}, apify.ConsumeOptions{ClientKey: "loser", LockDuration: 10 * time.Second, HandlerTimeout: time.Minute})
+		require.NoError(t, err)
+		assert.Equal(t, []error{apify.ErrLockLost}, causes)
+		assert.Equal(t, 1, stats.LocksLost)
+		assert.Equal(t, 1, stats.Handled, "the second run, after the lock ended, is recorded")
+		assert.Zero(t, stats.Retried, "the lost run's error is not recorded")
+		st, _ := srv.Request(q.ID(), ids[0])
+		assert.True(t, st.Handled())
+		assert.Zero(t, st.RetryCount)
+	})
+}
+
+// Locks left by an earlier run with the same clientKey are released first
+// thing, so their requests run at once instead of after the lock expires.
+func TestConsumeRecoversLocksAtStart(t *testing.T) {
+	for _, sameKey := range []bool{true, false} {
+		t.Run(fmt.Sprintf("sameKey=%v", sameKey), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv, q, _ := memQueue(t, 10)
+				head, err := q.ListAndLockHead(context.Background(), apify.LockHeadOptions{Limit: 4, LockDuration: time.Hour, ClientKey: "run-1"})
+				require.NoError(t, err)
+				require.Len(t, head.Items, 4)
+				key := "run-1"
+				if !sameKey {
+					key = "run-2"
+				}
+				start := time.Now()
+				stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil }, apify.ConsumeOptions{ClientKey: key})
+				require.NoError(t, err)
+				assert.Equal(t, 10, stats.Handled)
+				assert.Len(t, srv.Handled(q.ID()), 10)
+				if sameKey {
+					assert.Equal(t, 4, stats.RecoveredAtStart)
+					assert.Less(t, time.Since(start), 5*time.Second, "no wait for the old locks to expire")
+				} else {
+					assert.Zero(t, stats.RecoveredAtStart)
+					assert.GreaterOrEqual(t, time.Since(start), time.Hour, "another key's locks are waited out")
+				}
+			})
+		})
+	}
+}
+
+// On shutdown, prefetched requests that no handler started are back in the
+// queue at once, while running handlers drain and record their results.
+func TestConsumeShutdownReleasesPrefetchedAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 100)
+		ctx, cancel := context.WithCancel(context.Background())
+		started := make(chan string, 100)
+		release := make(chan struct{})
+		type result struct {
+			stats *apify.ConsumeStats
+			err   error
+		}
+		done := make(chan result, 1)
+		go func() {
+			stats, err := q.Consume(ctx, func(_ context.Context, req *apify.Request) error {
+				started <- req.ID
+				<-release // ignores ctx: drains within DrainTimeout
+				return nil
+			}, apify.ConsumeOptions{ClientKey: "stopper", Concurrency: 2, Prefetch: 10, DrainTimeout: time.Minute})
+			done <- result{stats, err}
+		}()
+		<-started
+		<-started
+		synctest.Wait()
+		require.Len(t, srv.LockedBy(q.ID(), "stopper"), 12, "2 running, 10 prefetched")
+
+		cancel()
+		synctest.Wait()
+		locked := srv.LockedBy(q.ID(), "stopper")
+		assert.Len(t, locked, 2, "only the running requests are still held")
+		assert.Len(t, srv.Pending(q.ID()), 98, "the prefetched ones are pending again, before the drain ends")
+
+		time.Sleep(10 * time.Second)
+		close(release)
+		res := <-done
+		require.ErrorIs(t, res.err, context.Canceled)
+		assert.Equal(t, 2, res.stats.Handled, "the drained handlers' results are recorded")
+		assert.Equal(t, 10, res.stats.ReleasedAtExit)
+		assert.Empty(t, srv.Locked(q.ID()))
+		assert.Len(t, srv.Handled(q.ID()), 2)
+		assert.Len(t, started, 0, "no handler started after the shutdown began")
+	})
+}
+
+// A handler that outlives DrainTimeout has its ctx cancelled; Consume
+// returns within DrainTimeout + 1.5 × ShutdownTimeout even if the handler
+// ignores it, and releases its lock.
+func TestConsumeShutdownIsBounded(t *testing.T) {
+	for _, obeys := range []bool{true, false} {
+		t.Run(fmt.Sprintf("handlerObeysCtx=%v", obeys), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv, q, ids := memQueue(t, 1)
+				ctx, cancel := context.WithCancel(context.Background())
+				started := make(chan struct{})
+				var cause error
+				handlerDone := make(chan struct{})
+				go func() {
+					<-started
+					time.Sleep(time.Second)
+					cancel()
+				}()
+				var stopped time.Time
+				t0 := time.Now()
+				stats, err := q.Consume(ctx, func(hctx context.Context, _ *apify.Request) error {
+					defer close(handlerDone)
+					close(started)
+					if obeys {
+						<-hctx.Done()
+						cause = context.Cause(hctx)
+						stopped = time.Now()
+						return hctx.Err()
+					}
+					time.Sleep(time.Hour)
+					return nil
+				}, apify.ConsumeOptions{ClientKey: "bounded", DrainTimeout: 3 * time.Second, ShutdownTimeout: 2 * time.Second, HandlerTimeout: 2 * time.Hour})
+				took := time.Since(t0) - time.Second // from the cancel
+				require.ErrorIs(t, err, context.Canceled)
+				assert.Equal(t, 1, stats.ReleasedAtExit, "the final unlock released the interrupted request")
+				assert.Zero(t, stats.Handled+stats.Retried+stats.Failed, "an interrupted run is not a failure")
+				st, _ := srv.Request(q.ID(), ids[0])
+				assert.Nil(t, st.Lock)
+				assert.False(t, st.Handled())
+				assert.Zero(t, st.RetryCount)
+				assert.LessOrEqual(t, took, 3*time.Second+3*time.Second, "within DrainTimeout + 1.5 x ShutdownTimeout")
+				if obeys {
+					assert.Equal(t, apify.ErrShuttingDown, cause)
+					assert.Equal(t, 3*time.Second, stopped.Sub(t0)-time.Second, "the handler's ctx ends when the drain time is over")
+					assert.Equal(t, 3*time.Second, took)
+				} else {
+					assert.Equal(t, 4*time.Second, took, "the drain, then half the shutdown budget for the cancelled handler")
+				}
+				<-handlerDone
+			})
+		})
+	}
+}
+
+func TestConsumeRejectsBadOptionsBeforeAnyCall(t *testing.T) {
+	ok := func(context.Context, *apify.Request) error { return nil }
+	for _, tc := range []struct {
+		name   string
+		queue  string
+		h      apify.Handler
+		opts   apify.ConsumeOptions
+		is     error
+		naming string
+	}{
+		{"negative concurrency", "q", ok, apify.ConsumeOptions{Concurrency: -1}, apify.ErrInvalidInput, "ConsumeOptions.Concurrency is -1"},
+		{"huge concurrency", "q", ok, apify.ConsumeOptions{Concurrency: 1 << 40}, apify.ErrInvalidInput, "ConsumeOptions.Concurrency is 1099511627776; it must be 1 to 10000"},
+		{"huge prefetch", "q", ok, apify.ConsumeOptions{Prefetch: 1 << 40}, apify.ErrInvalidInput, "ConsumeOptions.Prefetch is 1099511627776"},
+		{"several at once", "q", ok, apify.ConsumeOptions{Concurrency: -1, HandlerTimeout: -1}, apify.ErrInvalidInput, "ConsumeOptions.HandlerTimeout is -1ns"},
+		{"lock too short", "q", ok, apify.ConsumeOptions{LockDuration: 500 * time.Millisecond}, apify.ErrInvalidInput, "ConsumeOptions.LockDuration is 500ms"},
+		{"lock too long", "q", ok, apify.ConsumeOptions{LockDuration: 48 * time.Hour}, apify.ErrInvalidInput, "ConsumeOptions.LockDuration is 48h0m0s"},
+		{"lock overflow", "q", ok, apify.ConsumeOptions{LockDuration: time.Duration(1<<63 - 1)}, apify.ErrInvalidInput, "ConsumeOptions.LockDuration"},
+		{"negative handler timeout", "q", ok, apify.ConsumeOptions{HandlerTimeout: -time.Second}, apify.ErrInvalidInput, "ConsumeOptions.HandlerTimeout is -1s"},
+		{"negative shutdown timeout", "q", ok, apify.ConsumeOptions{ShutdownTimeout: -time.Second}, apify.ErrInvalidInput, "ConsumeOptions.ShutdownTimeout is -1s"},
+		{"long client key", "q", ok, apify.ConsumeOptions{ClientKey: strings.Repeat("k", 33)}, apify.ErrInvalidClientKey, "ConsumeOptions.ClientKey"},
+		{"nil handler", "q", nil, apify.ConsumeOptions{}, apify.ErrInvalidInput, "the Handler is nil"},
+		{"bad queue ID", "", ok, apify.ConsumeOptions{}, apify.ErrInvalidQueueID, "queue ID is empty"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := apifytest.NewUnstartedServer()
+			stats, err := srv.Client().RequestQueue(tc.queue).Consume(context.Background(), tc.h, tc.opts)
+			require.ErrorIs(t, err, tc.is)
+			assert.Contains(t, err.Error(), tc.naming)
+			require.NotNil(t, stats)
+			assert.Zero(t, *stats)
+			assert.Zero(t, totalCalls(srv), "no I/O")
+		})
+	}
+}
+
+// Consume returns an error when the queue itself is unusable, after one call.
+func TestConsumeStopsOnAnUnusableQueue(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		is   error
+		make func(srv *apifytest.Server, queueID string) *apify.RequestQueueClient
+	}{
+		{"no such queue", apify.ErrNotFound, func(srv *apifytest.Server, _ string) *apify.RequestQueueClient {
+			return srv.Client(apify.WithToken("owner")).RequestQueue("NoSuchQueue123456")
+		}},
+		{"bad token", apify.ErrUnauthorized, func(srv *apifytest.Server, id string) *apify.RequestQueueClient {
+			return srv.Client(apify.WithToken("wrong")).RequestQueue(id)
+		}},
+		{"no permission", apify.ErrForbidden, func(srv *apifytest.Server, id string) *apify.RequestQueueClient {
+			srv.FailNext(apifytest.OpUnlockRequests, 1, apifytest.Fault{Status: 403, Type: "insufficient-permissions"})
+			return srv.Client(apify.WithToken("owner")).RequestQueue(id)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv, q, _ := memQueue(t, 3, apifytest.WithToken("owner"))
+				var ran atomic.Int32
+				stats, err := tc.make(srv, q.ID()).Consume(context.Background(), func(context.Context, *apify.Request) error {
+					ran.Add(1)
+					return nil
+				}, apify.ConsumeOptions{ClientKey: "k"})
+				require.ErrorIs(t, err, tc.is)
+				assert.Zero(t, ran.Load())
+				assert.Equal(t, 1, stats.APICalls, "the start-up unlock tells")
+				assert.Len(t, srv.Pending(q.ID()), 3)
+			})
+		})
+	}
+}
+
+// Queue calls that fail even after the client's retries slow Consume down;
+// they never fail a request, never lose one, and never run a handler twice.
+func TestConsumeRidesOutTransientFailures(t *testing.T) {
+	for _, op := range []apifytest.Operation{apifytest.OpUnlockRequests, apifytest.OpListAndLockHead, apifytest.OpGetRequest, apifytest.OpUpdateRequest, apifytest.OpProlongRequestLock, apifytest.OpDeleteRequestLock} {
+		for _, fault := range []apifytest.Fault{{Status: 503}, {Status: 429, RetryAfter: "2"}, {DropConnection: true}} {
+			t.Run(fmt.Sprintf("%s/%d", op, fault.Status), func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					srv, q, ids := memQueue(t, 6)
+					// 40 failures in a row: several calls' 5 attempts each,
+					// even when calls run in parallel.
+					srv.FailNext(op, 40, fault)
+					var seen runs
+					stats, err := q.Consume(context.Background(), func(_ context.Context, req *apify.Request) error {
+						time.Sleep(8 * time.Second) // long enough to need a prolong
+						if seen.add(req.ID) == 1 && req.URL == "https://shop.test/p/0" {
+							return errors.New("first run of p/0 fails") // exercises DELETE .../lock
+						}
+						return nil
+					}, apify.ConsumeOptions{ClientKey: "weather", Concurrency: 2, LockDuration: 10 * time.Second})
+					require.NoError(t, err)
+					assert.Equal(t, 6, stats.Handled)
+					assert.Zero(t, stats.Failed+stats.LocksLost)
+					assert.Equal(t, 1, stats.Retried)
+					assert.Positive(t, stats.CallErrors, "the failures were counted")
+					assert.GreaterOrEqual(t, srv.Calls(op), 40)
+					for i, id := range ids {
+						want := 1
+						if i == 0 {
+							want = 2
+						}
+						assert.Equal(t, want, seen.get(id), "request %d", i)
+					}
+					assert.Len(t, srv.Handled(q.ID()), 6)
+					assert.Empty(t, srv.Locked(q.ID()))
+				})
+			})
+		}
+	}
+}
+
+// While another client holds locks, Consume does not return: those
+// requests may come back, and when they do it handles them.
+func TestConsumeWaitsForOthersLocks(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 5)
+		_, err := q.ListAndLockHead(context.Background(), apify.LockHeadOptions{Limit: 1, LockDuration: 30 * time.Second, ClientKey: "other"})
+		require.NoError(t, err)
+		start := time.Now()
+		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil }, apify.ConsumeOptions{ClientKey: "patient"})
+		require.NoError(t, err)
+		assert.Equal(t, 5, stats.Handled)
+		assert.GreaterOrEqual(t, time.Since(start), 30*time.Second)
+		assert.Less(t, time.Since(start), 35*time.Second, "polled with a bounded backoff")
+		assert.Less(t, srv.Calls(apifytest.OpListAndLockHead), 45, "polling backs off")
+	})
+}
+
+func TestConsumeKeepAlive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 0)
+		ctx, cancel := context.WithCancel(context.Background())
+		handled := make(chan string, 1)
+		type result struct {
+			stats *apify.ConsumeStats
+			err   error
+		}
+		done := make(chan result, 1)
+		go func() {
+			stats, err := q.Consume(ctx, func(_ context.Context, req *apify.Request) error {
+				handled <- req.URL
+				return nil
+			}, apify.ConsumeOptions{ClientKey: "alive", KeepAlive: true})
+			done <- result{stats, err}
+		}()
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		select {
+		case r := <-done:
+			t.Fatalf("Consume returned on an empty queue with KeepAlive: %v", r.err)
+		default:
+		}
+		polls := srv.Calls(apifytest.OpListAndLockHead)
+		assert.Less(t, polls, 3600+10, "an idle consumer polls every 1 to 2 s")
+		assert.Greater(t, polls, 3600/2-10)
+		srv.AddRequests(q.ID(), apifytest.Request{URL: "https://shop.test/late"})
+		assert.Equal(t, "https://shop.test/late", <-handled)
+		cancel()
+		r := <-done
+		require.ErrorIs(t, r.err, context.Canceled)
+		assert.Equal(t, 1, r.stats.Handled)
+	})
+}
+
+// A queue that becomes unusable mid-run (the token revoked) stops Consume
+// with that error, and it still releases what it holds.
+func TestConsumeStopsWhenTheQueueBecomesUnusable(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 30)
+		srv.FailNext(apifytest.OpGetRequest, 1, apifytest.Fault{Status: 401, Type: "invalid-token"})
+		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil }, apify.ConsumeOptions{ClientKey: "revoked", Concurrency: 1})
+		require.ErrorIs(t, err, apify.ErrUnauthorized)
+		assert.Zero(t, stats.Handled)
+		assert.Equal(t, 25, stats.ReleasedAtExit, "the locked batch of 25 went back at exit")
+		assert.Empty(t, srv.Locked(q.ID()))
+		assert.Len(t, srv.Pending(q.ID()), 30)
+	})
+}
+
+// A handler that leaves the request in a state the API refuses (400) does
+// not stop the consumer: the result is recorded on the request as read.
+func TestConsumeRecordsOnTheRequestAsReadWhenTheAPIRefusesTheHandlersChanges(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, ids := memQueue(t, 3)
+		stats, err := q.Consume(context.Background(), func(_ context.Context, req *apify.Request) error {
+			if req.ID == ids[1] {
+				req.Method = "TELEPORT" // the API refuses this method with 400
+				req.UserData = json.RawMessage(`{"x":1}`)
+			}
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "sloppy"})
+		require.NoError(t, err, "a refused update is not a reason to stop")
+		assert.Equal(t, 3, stats.Handled)
+		assert.Len(t, srv.Handled(q.ID()), 3)
+		got, err := q.GetRequest(context.Background(), ids[1])
+		require.NoError(t, err)
+		assert.Equal(t, "GET", got.Method)
+		assert.Empty(t, got.UserData)
+	})
+}
+
+// failProlongOf is a transport whose prolongs of one request always fail
+// with 503; every other call is served in memory.
+type failProlongOf struct {
+	h  http.Handler
+	id string
+}
+
+func (t failProlongOf) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/requests/"+t.id+"/lock") {
+		rec := httptest.NewRecorder()
+		rec.WriteHeader(http.StatusServiceUnavailable)
+		resp := rec.Result()
+		resp.Request = r
+		return resp, nil
+	}
+	return serveInMemory(t.h, r)
+}
+
+// A request is handed to its handler only while its lock has time left: a
+// prefetched request whose prolongs fail and whose lock is nearly over
+// waits, and is dropped when the lock ends, rather than run on a lock about
+// to lapse (which would cut its handler short and run it twice).
+func TestConsumeStartsHandlersOnlyOnValidLocks(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const lock = 12 * time.Second
+		srv, q, ids := memQueue(t, 2)
+		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: failProlongOf{srv.Handler(), ids[1]}})).RequestQueue(q.ID())
+		var seen runs
+		stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
+			seen.add(req.ID)
+			st, _ := srv.Request(q.ID(), req.ID)
+			require.NotNil(t, st.Lock)
+			assert.GreaterOrEqual(t, time.Until(st.Lock.ExpiresAt), lock/6, "started with at least a sixth of the lock left")
+			select {
+			case <-time.After(11 * time.Second):
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}, apify.ConsumeOptions{ClientKey: "careful", Concurrency: 1, Prefetch: 1, LockDuration: lock})
+		require.NoError(t, err)
+		assert.Equal(t, 1, seen.get(ids[0]))
+		assert.Equal(t, 1, seen.get(ids[1]), "the second request ran once, on a fresh lock")
+		assert.Equal(t, 2, stats.Handled)
+		assert.Equal(t, 1, stats.LocksLost, "the waiting request's lock lapsed before it started")
+		assert.Positive(t, stats.CallErrors)
+	})
+}
+
+// A result that cannot be written keeps its request locked (renewed past
+// its first lock) while Consume retries, and the shutdown releases it:
+// never lost, never run twice.
+func TestConsumeKeepsAnUnrecordableRequestLockedThenReleasesIt(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const lock = 10 * time.Second
+		srv, q, ids := memQueue(t, 1)
+		srv.FailNext(apifytest.OpUpdateRequest, 100_000, apifytest.Fault{Status: 500})
+		ctx, cancel := context.WithCancel(context.Background())
+		var n atomic.Int32
+		type result struct {
+			stats *apify.ConsumeStats
+			err   error
+		}
+		done := make(chan result, 1)
+		go func() {
+			stats, err := q.Consume(ctx, func(context.Context, *apify.Request) error { n.Add(1); return nil },
+				apify.ConsumeOptions{ClientKey: "stubborn", LockDuration: lock, DrainTimeout: time.Second, ShutdownTimeout: 2 * time.Second})
+			done <- result{stats, err}
+		}()
+		time.Sleep(5 * lock)
+		synctest.Wait()
+		st, _ := srv.Request(q.ID(), ids[0])
+		require.NotNil(t, st.Lock, "still locked after 5 lock durations")
+		assert.Equal(t, "stubborn", st.Lock.ClientKey)
+		cancel()
+		r := <-done
+		require.ErrorIs(t, r.err, context.Canceled)
+		assert.Equal(t, int32(1), n.Load(), "the handler ran once")
+		assert.Zero(t, r.stats.Handled+r.stats.LocksLost)
+		assert.Positive(t, r.stats.CallErrors)
+		assert.GreaterOrEqual(t, r.stats.LocksRenewed, 6)
+		assert.Equal(t, 1, r.stats.ReleasedAtExit)
+		st, _ = srv.Request(q.ID(), ids[0])
+		assert.Nil(t, st.Lock, "released at exit")
+		assert.False(t, st.Handled())
+		assert.Len(t, srv.Pending(q.ID()), 1)
+	})
+}
+
+// loseFirstLockAnswer serves every call in memory, but the answer to the
+// first head/lock is lost on the way back: the server locked a batch the
+// consumer never saw.
+type loseFirstLockAnswer struct {
+	h    http.Handler
+	lost atomic.Bool
+}
+
+func (t *loseFirstLockAnswer) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := serveInMemory(t.h, r)
+	if err == nil && strings.HasSuffix(r.URL.Path, "/head/lock") && t.lost.CompareAndSwap(false, true) {
+		return nil, io.ErrUnexpectedEOF
+	}
+	return resp, err
+}
+
+// Requests locked by a head/lock whose answer was lost are not left to
+// expire: once Consume holds nothing else, it releases its own locks.
+func TestConsumeReleasesLocksOfALostHeadLockAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 30)
+		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: &loseFirstLockAnswer{h: srv.Handler()}})).RequestQueue(q.ID())
+		start := time.Now()
+		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil },
+			apify.ConsumeOptions{ClientKey: "unlucky", LockDuration: time.Hour})
+		require.NoError(t, err)
+		assert.Equal(t, 30, stats.Handled)
+		assert.Equal(t, 1, stats.CallErrors)
+		assert.Less(t, time.Since(start), time.Minute, "not an hour: the stranded batch was released")
+		assert.Equal(t, 3, srv.Calls(apifytest.OpUnlockRequests), "at start, for the stranded batch, at exit")
+	})
+}
+
+// Handlers get requests in queue order.
+func TestConsumeFollowsQueueOrder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, q, ids := memQueue(t, 60)
+		var got []string
+		_, err := q.Consume(context.Background(), func(_ context.Context, req *apify.Request) error {
+			got = append(got, req.ID)
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "orderly", Concurrency: 1})
+		require.NoError(t, err)
+		assert.Equal(t, ids, got)
+	})
+}
