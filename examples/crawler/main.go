@@ -126,7 +126,7 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 
 // defaultQueueID is the Actor run's default queue, or APIFY_QUEUE_ID.
 func defaultQueueID() string {
-	if id := os.Getenv("ACTOR_DEFAULT_REQUEST_QUEUE_ID"); id != "" {
+	if id := apify.DefaultRequestQueueID(); id != "" {
 		return id
 	}
 	return os.Getenv("APIFY_QUEUE_ID")
