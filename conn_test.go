@@ -198,7 +198,16 @@ func TestNoNewConnectionsOnceWarm(t *testing.T) {
 				runCalls(t, c, sc, "k", calls, connInFlight)
 				t.Logf("warm-up dialled %d connections; %d calls at %d in flight dialled %d more",
 					warm, calls, connInFlight, f.newConns.Load()-warm)
-				assert.Equal(t, warm, f.newConns.Load(), "new connections during %d calls at %d in flight", calls, connInFlight)
+				// A connection goes back to the pool from its read loop just
+				// after the body's EOF; under the race detector on a loaded
+				// machine a caller can miss it by a hair and dial. Allow a
+				// few such dials there (a pool that is not reused dials about
+				// one per call), none otherwise.
+				slack := int64(0)
+				if raceEnabled {
+					slack = connInFlight / 2
+				}
+				assert.LessOrEqual(t, f.newConns.Load()-warm, slack, "new connections during %d calls at %d in flight", calls, connInFlight)
 			})
 		})
 	}
