@@ -73,11 +73,13 @@ func show(ctx context.Context, args []string, stdout, stderr io.Writer, env func
 	return exitOK
 }
 
+// showTime prints a time as the API sends it: UTC, with milliseconds, in a
+// fixed width so that a column of them lines up.
 func showTime(t time.Time) string {
 	if t.IsZero() {
 		return "-"
 	}
-	return t.UTC().Format(time.RFC3339Nano)
+	return t.UTC().Format("2006-01-02T15:04:05.000Z07:00")
 }
 
 const listSynopsis = "--queue ID [--filter locked,pending] [--limit 100] [--json] " + apiSynopsis

@@ -215,3 +215,13 @@ func lockOpts(n int) apify.LockHeadOptions {
 }
 
 func reqOpts() apify.RequestOptions { return apify.RequestOptions{ClientKey: "k"} }
+
+func TestShowTimeKeepsMilliseconds(t *testing.T) {
+	at := time.Date(2026, 11, 29, 16, 54, 8, 40*int(time.Millisecond), time.FixedZone("CET", 3600))
+	if got, want := showTime(at), "2026-11-29T15:54:08.040Z"; got != want {
+		t.Errorf("showTime = %q, want %q", got, want)
+	}
+	if got := showTime(time.Time{}); got != "-" {
+		t.Errorf("showTime(zero) = %q, want -", got)
+	}
+}
