@@ -11,6 +11,7 @@ import (
 	"io"
 	"math"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -168,6 +169,12 @@ func (rt router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"call it from a program, which sends no Origin or Sec-Fetch-Site", r.Method, why))
 		return
 	}
+	if host := rebound(r, overridden); host != "" {
+		writeError(w, errInsufficientPermissions("Refused a %s from a web page under the host name %q, which may have been re-pointed at this machine "+
+			"(DNS rebinding): from a browser, call the emulator at an IP address or localhost; a program, which sends no Origin or "+
+			"Sec-Fetch-Site, may use any host name", r.Method, host))
+		return
+	}
 	h, pattern := rt.mux.Handler(r)
 	if pattern != "" {
 		rt.mux.ServeHTTP(w, r)
@@ -233,6 +240,35 @@ func crossSite(r *http.Request, overridden bool) string {
 	}
 	if overridden {
 		return foreign("Referer")
+	}
+	return ""
+}
+
+// rebound returns the host name of a call that a web page made the browser
+// send to a Host that is a DNS name, neither an IP address nor localhost, or
+// "" for any other call. Such a page may be the attacker's, its name
+// re-pointed at this machine after it loaded (DNS rebinding): to the
+// browser it is then same-origin with the emulator, so crossSite lets it
+// through, and it could read the answers too. The signs of a page are an
+// Origin, a Sec-Fetch-Site of same-origin or same-site, or, for a GET
+// turned into another method by ?method=, a Referer. Programs send none, so
+// they may call the emulator by any name (a docker compose service, say); a
+// URL typed into the browser (Sec-Fetch-Site: none) is served too.
+func rebound(r *http.Request, overridden bool) string {
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
+	if host == "" || host == "localhost" || strings.HasSuffix(host, ".localhost") || net.ParseIP(host) != nil {
+		return ""
+	}
+	switch strings.ToLower(r.Header.Get("Sec-Fetch-Site")) {
+	case "same-origin", "same-site":
+		return clip(host)
+	}
+	if r.Header.Get("Origin") != "" || overridden && r.Header.Get("Referer") != "" {
+		return clip(host)
 	}
 	return ""
 }

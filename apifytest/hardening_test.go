@@ -2,6 +2,7 @@ package apifytest
 
 import (
 	"fmt"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -196,5 +197,76 @@ func TestResponsesAreBounded(t *testing.T) {
 	}
 	if seen != 21 {
 		t.Errorf("listed %d requests, want 21", seen)
+	}
+}
+
+// A page on a host name the attacker controls, re-pointed at 127.0.0.1
+// (DNS rebinding), is "same-origin" with the emulator as far as the
+// browser can tell: its calls carry browser headers, under a Host that is a
+// DNS name rather than an IP address or localhost. They are refused, reads
+// included (a rebound page could read the answers); a program calling the
+// emulator by a DNS name (docker compose, say) sends no browser headers and
+// is served.
+func TestDNSRebindingIsRefused(t *testing.T) {
+	s, _, q, _ := newQueue(t, 2)
+	c := raw(t, s)
+	qp := "/v2/request-queues/" + q
+	expectStatus(t, c.do(OpListAndLockHead, "POST", qp+"/head/lock?lockSecs=60&clientKey=k", nil), 201)
+	call := func(method, host, path string, header ...string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(method, "http://"+host+path, nil)
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, req)
+		return rec
+	}
+	const rebound = "rebind.attacker.example:8080"
+	for _, tc := range []struct {
+		name, method, path string
+		header             []string
+	}{
+		{"fetch POST, same-origin", "POST", qp + "/requests/unlock?clientKey=k",
+			[]string{"Origin", "http://" + rebound, "Sec-Fetch-Site", "same-origin", "Sec-Fetch-Mode", "cors"}},
+		{"old browser fetch POST, Origin only", "POST", qp + "/requests/unlock?clientKey=k", []string{"Origin", "http://" + rebound}},
+		{"img tag: GET ?method=POST, same-origin", "GET", qp + "/requests/unlock?method=POST&clientKey=k",
+			[]string{"Sec-Fetch-Site", "same-origin", "Sec-Fetch-Dest", "image", "Referer", "http://" + rebound + "/page"}},
+		{"old browser img tag, Referer only", "GET", qp + "/requests/unlock?method=POST&clientKey=k", []string{"Referer", "http://" + rebound + "/page"}},
+		{"fetch GET reading the queue", "GET", qp + "/requests", []string{"Sec-Fetch-Site", "same-origin", "Sec-Fetch-Mode", "cors"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := call(tc.method, rebound, tc.path, tc.header...)
+			if rec.Code != 403 || !strings.Contains(rec.Body.String(), "insufficient-permissions") ||
+				!strings.Contains(rec.Body.String(), "rebind.attacker.example") || !strings.Contains(rec.Body.String(), "DNS rebinding") {
+				t.Errorf("%d %s", rec.Code, rec.Body.String())
+			}
+		})
+	}
+	if n := len(s.LockedBy(q, "k")); n != 2 {
+		t.Fatalf("%d locks left, want 2: a refused call unlocked", n)
+	}
+	// Served: a program by a DNS name; a browser by IP address or localhost,
+	// or a URL the user typed.
+	for _, tc := range []struct {
+		name, host string
+		header     []string
+	}{
+		{"program, DNS name", "emulator:8080", nil},
+		{"browser, localhost", "localhost:8080", []string{"Origin", "http://localhost:8080", "Sec-Fetch-Site", "same-origin"}},
+		{"browser, a localhost subdomain", "app.localhost:8080", []string{"Origin", "http://app.localhost:8080", "Sec-Fetch-Site", "same-origin"}},
+		{"browser, IPv4", "127.0.0.1:8080", []string{"Origin", "http://127.0.0.1:8080", "Sec-Fetch-Site", "same-origin"}},
+		{"browser, IPv6", "[::1]:8080", []string{"Origin", "http://[::1]:8080", "Sec-Fetch-Site", "same-origin"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if rec := call("GET", tc.host, qp+"/head", tc.header...); rec.Code != 200 {
+				t.Errorf("head: %d %s", rec.Code, rec.Body.String())
+			}
+		})
+	}
+	if rec := call("GET", "emulator.example:8080", qp+"/head", "Sec-Fetch-Site", "none", "Sec-Fetch-Mode", "navigate"); rec.Code != 200 {
+		t.Errorf("a typed URL: %d %s", rec.Code, rec.Body.String())
+	}
+	if rec := call("POST", "emulator:8080", qp+"/requests/unlock?clientKey=k"); rec.Code != 200 || !strings.Contains(rec.Body.String(), `"unlockedCount":2`) {
+		t.Errorf("a program's unlock by a DNS name: %d %s", rec.Code, rec.Body.String())
 	}
 }
