@@ -241,8 +241,9 @@
 //     same-origin), any call, reads included, under a Host that is a DNS
 //     name (not an IP address, localhost or *.localhost) that carries an
 //     Origin, Sec-Fetch-Site same-origin or same-site, or, after ?method=,
-//     a Referer, gives 403 insufficient-permissions too: from a browser,
-//     use the emulator's IP address or localhost.
+//     a Referer, and any state-changing call there from a browser's
+//     User-Agent ("Mozilla/..."), gives 403 insufficient-permissions too:
+//     from a browser, use the emulator's IP address or localhost.
 //   - Time is UTC with millisecond precision; a lock has expired from its
 //     lockExpiresAt on. Each call reads the clock once, when it arrives,
 //     and all of it (expiring locks, the new expiry, timestamps, the rate

@@ -249,11 +249,14 @@ func crossSite(r *http.Request, overridden bool) string {
 // "" for any other call. Such a page may be the attacker's, its name
 // re-pointed at this machine after it loaded (DNS rebinding): to the
 // browser it is then same-origin with the emulator, so crossSite lets it
-// through, and it could read the answers too. The signs of a page are an
-// Origin, a Sec-Fetch-Site of same-origin or same-site, or, for a GET
-// turned into another method by ?method=, a Referer. Programs send none, so
-// they may call the emulator by any name (a docker compose service, say); a
-// URL typed into the browser (Sec-Fetch-Site: none) is served too.
+// through. The signs of a page are an Origin, a Sec-Fetch-Site of
+// same-origin or same-site, for a GET turned into another method by
+// ?method=, a Referer, and, for a call that changes state, a browser's
+// User-Agent ("Mozilla/..."), which a page cannot change: browsers send no
+// Sec-Fetch-* to a plain-http DNS name, and an img tag can drop its
+// Referer. Programs send none of these, so they may call the emulator by
+// any name (a docker compose service, say); a URL typed into the browser
+// (a GET with none of the other signs) is served too.
 func rebound(r *http.Request, overridden bool) string {
 	host := r.Host
 	if h, _, err := net.SplitHostPort(host); err == nil {
@@ -268,6 +271,13 @@ func rebound(r *http.Request, overridden bool) string {
 		return clip(host)
 	}
 	if r.Header.Get("Origin") != "" || overridden && r.Header.Get("Referer") != "" {
+		return clip(host)
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return ""
+	}
+	if strings.HasPrefix(r.Header.Get("User-Agent"), "Mozilla/") {
 		return clip(host)
 	}
 	return ""

@@ -203,10 +203,10 @@ func TestResponsesAreBounded(t *testing.T) {
 // A page on a host name the attacker controls, re-pointed at 127.0.0.1
 // (DNS rebinding), is "same-origin" with the emulator as far as the
 // browser can tell: its calls carry browser headers, under a Host that is a
-// DNS name rather than an IP address or localhost. They are refused, reads
-// included (a rebound page could read the answers); a program calling the
+// DNS name rather than an IP address or localhost. They are refused (reads
+// too, when they carry Origin or Sec-Fetch-Site); a program calling the
 // emulator by a DNS name (docker compose, say) sends no browser headers and
-// is served.
+// is served, and so is a URL typed into the browser.
 func TestDNSRebindingIsRefused(t *testing.T) {
 	s, _, q, _ := newQueue(t, 2)
 	c := raw(t, s)
@@ -233,6 +233,11 @@ func TestDNSRebindingIsRefused(t *testing.T) {
 			[]string{"Sec-Fetch-Site", "same-origin", "Sec-Fetch-Dest", "image", "Referer", "http://" + rebound + "/page"}},
 		{"old browser img tag, Referer only", "GET", qp + "/requests/unlock?method=POST&clientKey=k", []string{"Referer", "http://" + rebound + "/page"}},
 		{"fetch GET reading the queue", "GET", qp + "/requests", []string{"Sec-Fetch-Site", "same-origin", "Sec-Fetch-Mode", "cors"}},
+		// Browsers send no Sec-Fetch-* to a plain-http DNS name, and an img
+		// tag with referrerpolicy=no-referrer sends no Referer: what is
+		// left is the browser's User-Agent, which a page cannot change.
+		{"img tag with no-referrer: GET ?method=POST", "GET", qp + "/requests/unlock?method=POST&clientKey=k",
+			[]string{"User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36", "Accept", "image/avif,image/webp,*/*"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := call(tc.method, rebound, tc.path, tc.header...)
@@ -251,7 +256,7 @@ func TestDNSRebindingIsRefused(t *testing.T) {
 		name, host string
 		header     []string
 	}{
-		{"program, DNS name", "emulator:8080", nil},
+		{"program, DNS name", "emulator:8080", []string{"User-Agent", "ApifyClient/2.25.0 (linux; Node/v22.0.0); isAtHome/false"}},
 		{"browser, localhost", "localhost:8080", []string{"Origin", "http://localhost:8080", "Sec-Fetch-Site", "same-origin"}},
 		{"browser, a localhost subdomain", "app.localhost:8080", []string{"Origin", "http://app.localhost:8080", "Sec-Fetch-Site", "same-origin"}},
 		{"browser, IPv4", "127.0.0.1:8080", []string{"Origin", "http://127.0.0.1:8080", "Sec-Fetch-Site", "same-origin"}},
@@ -263,7 +268,7 @@ func TestDNSRebindingIsRefused(t *testing.T) {
 			}
 		})
 	}
-	if rec := call("GET", "emulator.example:8080", qp+"/head", "Sec-Fetch-Site", "none", "Sec-Fetch-Mode", "navigate"); rec.Code != 200 {
+	if rec := call("GET", "emulator.example:8080", qp+"/head", "User-Agent", "Mozilla/5.0 (X11; Linux x86_64)", "Accept", "text/html"); rec.Code != 200 {
 		t.Errorf("a typed URL: %d %s", rec.Code, rec.Body.String())
 	}
 	if rec := call("POST", "emulator:8080", qp+"/requests/unlock?clientKey=k"); rec.Code != 200 || !strings.Contains(rec.Body.String(), `"unlockedCount":2`) {
