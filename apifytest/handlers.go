@@ -238,8 +238,19 @@ func crossSite(r *http.Request, overridden bool) string {
 	if why := foreign("Origin"); why != "" {
 		return why
 	}
-	if overridden {
-		return foreign("Referer")
+	if !overridden {
+		return ""
+	}
+	if why := foreign("Referer"); why != "" {
+		return why
+	}
+	// Browsers send no Sec-Fetch-* to a plain-http address that is not
+	// loopback, and an img tag can drop its Referer: a browser's GET that
+	// ?method= turns into a change, with neither, is refused (one typed into
+	// the address bar says Sec-Fetch-Site: none, where browsers send it).
+	if r.Header.Get("Sec-Fetch-Site") == "" && r.Header.Get("Referer") == "" &&
+		strings.HasPrefix(r.Header.Get("User-Agent"), "Mozilla/") {
+		return "a browser's GET with ?method=, without Sec-Fetch-Site or Referer"
 	}
 	return ""
 }
@@ -250,13 +261,12 @@ func crossSite(r *http.Request, overridden bool) string {
 // re-pointed at this machine after it loaded (DNS rebinding): to the
 // browser it is then same-origin with the emulator, so crossSite lets it
 // through. The signs of a page are an Origin, a Sec-Fetch-Site of
-// same-origin or same-site, for a GET turned into another method by
-// ?method=, a Referer, and, for a call that changes state, a browser's
-// User-Agent ("Mozilla/..."), which a page cannot change: browsers send no
-// Sec-Fetch-* to a plain-http DNS name, and an img tag can drop its
-// Referer. Programs send none of these, so they may call the emulator by
-// any name (a docker compose service, say); a URL typed into the browser
-// (a GET with none of the other signs) is served too.
+// same-origin or same-site, and, for a GET turned into another method by
+// ?method=, a Referer. (Browsers send no Sec-Fetch-* to a plain-http DNS
+// name, and an img tag can drop its Referer: crossSite refuses a browser's
+// ?method= GET that has neither.) Programs send none of these, so they may
+// call the emulator by any name (a docker compose service, say); a URL
+// typed into the browser is served too.
 func rebound(r *http.Request, overridden bool) string {
 	host := r.Host
 	if h, _, err := net.SplitHostPort(host); err == nil {
@@ -271,13 +281,6 @@ func rebound(r *http.Request, overridden bool) string {
 		return clip(host)
 	}
 	if r.Header.Get("Origin") != "" || overridden && r.Header.Get("Referer") != "" {
-		return clip(host)
-	}
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		return ""
-	}
-	if strings.HasPrefix(r.Header.Get("User-Agent"), "Mozilla/") {
 		return clip(host)
 	}
 	return ""
