@@ -282,22 +282,43 @@ func NewClientFromEnv(opts ...Option) (*Client, error) {
 	return NewClient(append(env, opts...)...)
 }
 
+// shownURL is a base URL as an error message may show it: without its
+// query or fragment ("?…", "#…") and user info ("…@"), where a token put in
+// the URL by mistake (?token=, user:token@) would be.
+func shownURL(raw string) string {
+	rest := ""
+	if i := strings.IndexAny(raw, "?#"); i >= 0 {
+		raw, rest = raw[:i], raw[i:i+1]+"…"
+	}
+	if i := strings.Index(raw, "://"); i >= 0 {
+		authority := raw[i+3:]
+		if j := strings.IndexByte(authority, '/'); j >= 0 {
+			authority = authority[:j]
+		}
+		if k := strings.LastIndexByte(authority, '@'); k >= 0 {
+			raw = raw[:i+3] + "…" + raw[i+3+k:]
+		}
+	}
+	return raw + rest
+}
+
 func (c *Client) setBaseURL(raw string) error {
+	shown := shownURL(raw)
 	u, err := url.Parse(raw)
 	if err != nil {
-		return fmt.Errorf("WithBaseURL: %q does not parse: %w", raw, errors.Unwrap(err))
+		return fmt.Errorf("WithBaseURL: %q does not parse: %w", shown, errors.Unwrap(err))
 	}
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Errorf("WithBaseURL: %q is not an absolute http or https URL", raw)
+		return fmt.Errorf("WithBaseURL: %q is not an absolute http or https URL", shown)
 	case u.Host == "":
-		return fmt.Errorf("WithBaseURL: %q has no host", raw)
+		return fmt.Errorf("WithBaseURL: %q has no host", shown)
 	case u.User != nil:
 		return errors.New("WithBaseURL: the URL holds user info; pass the token with WithToken")
 	case u.RawQuery != "" || u.ForceQuery:
-		return fmt.Errorf("WithBaseURL: %q has a query", raw)
+		return fmt.Errorf("WithBaseURL: %q has a query; pass the token with WithToken, never in the URL", shown)
 	case u.Fragment != "":
-		return fmt.Errorf("WithBaseURL: %q has a fragment", raw)
+		return fmt.Errorf("WithBaseURL: %q has a fragment", shown)
 	}
 	c.scheme, c.host = u.Scheme, u.Host
 	p, rp := strings.TrimRight(u.Path, "/"), strings.TrimRight(u.EscapedPath(), "/")

@@ -81,8 +81,9 @@ func (q *RequestQueueClient) ListRequests(ctx context.Context, opts ListRequests
 			return
 		}
 		cursor := ""
+		followed := map[string]bool{"": true} // the cursors of the pages fetched so far
 		for {
-			page, err := q.listRequestsPage(ctx, base, cursor)
+			page, err := q.listRequestsPage(ctx, base, cursor, followed)
 			if err != nil {
 				yield(nil, err)
 				return
@@ -96,6 +97,7 @@ func (q *RequestQueueClient) ListRequests(ctx context.Context, opts ListRequests
 				return
 			}
 			cursor = page.nextCursor
+			followed[cursor] = true
 		}
 	}
 }
@@ -136,8 +138,10 @@ type requestsPage struct {
 	nextCursor string
 }
 
-// listRequestsPage fetches the page at cursor ("" for the first).
-func (q *RequestQueueClient) listRequestsPage(ctx context.Context, base query, cursor string) (*requestsPage, error) {
+// listRequestsPage fetches the page at cursor ("" for the first). followed
+// holds the cursors of the pages fetched before, cursor included: a
+// nextCursor among them leads back to a page already listed.
+func (q *RequestQueueClient) listRequestsPage(ctx context.Context, base query, cursor string, followed map[string]bool) (*requestsPage, error) {
 	qs := append(query(nil), base...).add("cursor", cursor)
 	resp, err := q.c.do(ctx, apiRequest{method: http.MethodGet, ep: q.endpoint("/requests"), query: qs.encode(), idempotent: true, maxBody: maxListBodyBytes})
 	if err != nil {
@@ -158,9 +162,14 @@ func (q *RequestQueueClient) listRequestsPage(ctx context.Context, base query, c
 			return nil, resp.unexpected(fmt.Sprintf("data.items[%d] has no id", i))
 		}
 	}
-	if cursor != "" && data.NextCursor == cursor {
+	switch {
+	case data.NextCursor == "":
+	case data.NextCursor == cursor:
 		// Following it would fetch the same page forever.
 		return nil, resp.unexpected("data.nextCursor is the cursor of the page it came with")
+	case followed[data.NextCursor]:
+		// So would following a cycle of pages.
+		return nil, resp.unexpected(fmt.Sprintf("data.nextCursor %q leads back to a page already listed", clip(data.NextCursor, 64)))
 	}
 	return &requestsPage{items: *data.Items, nextCursor: data.NextCursor}, nil
 }

@@ -90,7 +90,10 @@ func soak(t *testing.T, d time.Duration) soakStats {
 
 	// The fault injector: every few milliseconds the next call of a random
 	// operation fails with a 5xx, a 429 with Retry-After, or a dropped
-	// connection.
+	// connection. An operation gets its next fault only once two calls have
+	// gone by since its last one was consumed: faults queue up, and on a
+	// slow machine (-race, a loaded CI) those of a rarely called operation
+	// would pile up until one call met more of them than it has attempts.
 	ops := []apifytest.Operation{apifytest.OpListAndLockHead, apifytest.OpProlongRequestLock,
 		apifytest.OpUpdateRequest, apifytest.OpDeleteRequestLock, apifytest.OpUnlockRequests, apifytest.OpGetRequest}
 	faults := []apifytest.Fault{{Status: 503}, {Status: 500}, {Status: 429, RetryAfter: "0"}, {DropConnection: true}}
@@ -100,11 +103,17 @@ func soak(t *testing.T, d time.Duration) soakStats {
 		defer injector.Done()
 		tick := time.NewTicker(5 * time.Millisecond)
 		defer tick.Stop()
+		armed := map[apifytest.Operation]int{} // the op's calls when its last fault was injected
 		for range tick.C {
 			if stopped.Load() {
 				return
 			}
-			srv.FailNext(ops[rand.IntN(len(ops))], 1, faults[rand.IntN(len(faults))])
+			op := ops[rand.IntN(len(ops))]
+			if n, ok := armed[op]; ok && srv.Calls(op) < n+3 {
+				continue // its last fault is pending, or was consumed less than two calls ago
+			}
+			armed[op] = srv.Calls(op)
+			srv.FailNext(op, 1, faults[rand.IntN(len(faults))])
 			atomic.AddInt64(&st.faults, 1)
 		}
 	}()

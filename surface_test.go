@@ -361,6 +361,16 @@ func TestListRequests(t *testing.T) {
 		assert.Equal(t, 2, f.hits())
 	})
 
+	t.Run("a nextCursor that leads back to an earlier page is an error, not a loop", func(t *testing.T) {
+		f, c, _ := setup(t, []reply{listPage("A", "a"), listPage("B", "b"), listPage("A", "c"), listPage("B", "d"), listPage("A", "e")})
+		ids, errs := collect(c.RequestQueue("q").ListRequests(ctx, ListRequestsOptions{}))
+		assert.Equal(t, []string{"a", "b"}, ids)
+		require.Len(t, errs, 1)
+		assert.ErrorIs(t, errs[0], ErrUnexpectedResponse)
+		assert.ErrorContains(t, errs[0], `"A"`)
+		assert.Equal(t, 3, f.hits())
+	})
+
 	t.Run("a page may be larger than other calls' 1 MiB bound", func(t *testing.T) {
 		// 2,000 requests with 1 KiB of userData each: a page a crawler asks
 		// for (PageSize up to 10,000), over twice the bound of other calls.

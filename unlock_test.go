@@ -85,6 +85,14 @@ func TestNewClientRejectsBadOptions(t *testing.T) {
 		{"base URL with query", []Option{WithBaseURL("http://h/?token=x")}, []string{"WithBaseURL", "has a query"}},
 		{"base URL with fragment", []Option{WithBaseURL("http://h/#x")}, []string{"WithBaseURL", "has a fragment"}},
 		{"unparsable base URL", []Option{WithBaseURL("http://h/%zz")}, []string{"WithBaseURL", "does not parse"}},
+		// A token put in the base URL by mistake is never echoed: the
+		// messages show the URL without its query, fragment and user info.
+		{"base URL with a token in its query", []Option{WithBaseURL("http://h/?token=abcdef")}, []string{"WithBaseURL", `"http://h/?…" has a query`, "WithToken"}},
+		{"base URL with a token in its fragment", []Option{WithBaseURL("http://h/#token=abcdef")}, []string{"WithBaseURL", `"http://h/#…" has a fragment`}},
+		{"unparsable base URL with a token in its query", []Option{WithBaseURL("http://h/%zz?token=abcdef")}, []string{"WithBaseURL", `"http://h/%zz?…" does not parse`}},
+		{"unparsable base URL with user info", []Option{WithBaseURL("http://u:abcdef@h/%zz")}, []string{"WithBaseURL", `"http://…@h/%zz" does not parse`}},
+		{"ftp base URL with a token in its query", []Option{WithBaseURL("ftp://h/?token=abcdef")}, []string{"WithBaseURL", `"ftp://h/?…" is not`}},
+		{"base URL without host, with a token", []Option{WithBaseURL("http://?token=abcdef")}, []string{"WithBaseURL", "has no host"}},
 		{"empty token", []Option{WithToken("")}, []string{"WithToken", "empty"}},
 		{"token with space", []Option{WithToken("abc def")}, []string{"WithToken", "whitespace or a control character"}},
 		{"token with newline", []Option{WithToken("abc\ndef")}, []string{"WithToken", "whitespace or a control character"}},

@@ -232,11 +232,18 @@
 //   - Browsers. A state-changing call (any method but GET, HEAD and
 //     OPTIONS, after ?method=) that carries Sec-Fetch-Site cross-site or
 //     same-site, an Origin other than the server's own (or "null"), or, when
-//     ?method= turned a GET into it, a Referer of another site, gives 403
+//     ?method= turned a GET into it, a Referer of another site (or, from a
+//     browser's User-Agent, no Referer and no Sec-Fetch-Site), gives 403
 //     insufficient-permissions: a web page open in the developer's browser
 //     cannot change even a tokenless emulator's state. Programs send none of
 //     these headers. Reads are allowed (the emulator sends no CORS headers,
-//     so another site cannot read the answers).
+//     so another site cannot read the answers). Against DNS rebinding (a
+//     page whose host name is re-pointed at the emulator, and so looks
+//     same-origin), any call, reads included, under a Host that is a DNS
+//     name (not an IP address, localhost or *.localhost) that carries an
+//     Origin, Sec-Fetch-Site same-origin or same-site, or, after ?method=,
+//     a Referer, gives 403 insufficient-permissions too: from a browser,
+//     use the emulator's IP address or localhost.
 //   - Time is UTC with millisecond precision; a lock has expired from its
 //     lockExpiresAt on. Each call reads the clock once, when it arrives,
 //     and all of it (expiring locks, the new expiry, timestamps, the rate

@@ -11,6 +11,7 @@ import (
 	"io"
 	"math"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -168,6 +169,12 @@ func (rt router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"call it from a program, which sends no Origin or Sec-Fetch-Site", r.Method, why))
 		return
 	}
+	if host := rebound(r, overridden); host != "" {
+		writeError(w, errInsufficientPermissions("Refused a %s from a web page under the host name %q, which may have been re-pointed at this machine "+
+			"(DNS rebinding): from a browser, call the emulator at an IP address or localhost; a program, which sends no Origin or "+
+			"Sec-Fetch-Site, may use any host name", r.Method, host))
+		return
+	}
 	h, pattern := rt.mux.Handler(r)
 	if pattern != "" {
 		rt.mux.ServeHTTP(w, r)
@@ -231,8 +238,50 @@ func crossSite(r *http.Request, overridden bool) string {
 	if why := foreign("Origin"); why != "" {
 		return why
 	}
-	if overridden {
-		return foreign("Referer")
+	if !overridden {
+		return ""
+	}
+	if why := foreign("Referer"); why != "" {
+		return why
+	}
+	// Browsers send no Sec-Fetch-* to a plain-http address that is not
+	// loopback, and an img tag can drop its Referer: a browser's GET that
+	// ?method= turns into a change, with neither, is refused (one typed into
+	// the address bar says Sec-Fetch-Site: none, where browsers send it).
+	if r.Header.Get("Sec-Fetch-Site") == "" && r.Header.Get("Referer") == "" &&
+		strings.HasPrefix(r.Header.Get("User-Agent"), "Mozilla/") {
+		return "a browser's GET with ?method=, without Sec-Fetch-Site or Referer"
+	}
+	return ""
+}
+
+// rebound returns the host name of a call that a web page made the browser
+// send to a Host that is a DNS name, neither an IP address nor localhost, or
+// "" for any other call. Such a page may be the attacker's, its name
+// re-pointed at this machine after it loaded (DNS rebinding): to the
+// browser it is then same-origin with the emulator, so crossSite lets it
+// through. The signs of a page are an Origin, a Sec-Fetch-Site of
+// same-origin or same-site, and, for a GET turned into another method by
+// ?method=, a Referer. (Browsers send no Sec-Fetch-* to a plain-http DNS
+// name, and an img tag can drop its Referer: crossSite refuses a browser's
+// ?method= GET that has neither.) Programs send none of these, so they may
+// call the emulator by any name (a docker compose service, say); a URL
+// typed into the browser is served too.
+func rebound(r *http.Request, overridden bool) string {
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
+	if host == "" || host == "localhost" || strings.HasSuffix(host, ".localhost") || net.ParseIP(host) != nil {
+		return ""
+	}
+	switch strings.ToLower(r.Header.Get("Sec-Fetch-Site")) {
+	case "same-origin", "same-site":
+		return clip(host)
+	}
+	if r.Header.Get("Origin") != "" || overridden && r.Header.Get("Referer") != "" {
+		return clip(host)
 	}
 	return ""
 }

@@ -1,7 +1,9 @@
 package apifytest
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -68,6 +70,12 @@ func TestCrossSiteBrowserRequestsAreRefused(t *testing.T) {
 			[]string{"Sec-Fetch-Site", "same-site"}},
 		{"fetch from a sandboxed page", "POST", qp + "/requests/unlock?clientKey=k", []string{"Origin", "null"}},
 		{"fetch DELETE, foreign Origin only", "DELETE", qp, []string{"Origin", "http://localhost:3000"}},
+		// To a plain-http address that is not loopback (serve --addr
+		// 0.0.0.0:8080, called at its LAN address), browsers send no
+		// Sec-Fetch-*, and an img tag with referrerpolicy=no-referrer no
+		// Referer: only the browser's User-Agent is left.
+		{"img tag with no-referrer: GET ?method=POST, browser User-Agent only", "GET", qp + "/requests/unlock?method=POST&clientKey=k",
+			[]string{"User-Agent", "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Safari/605.1.15", "Accept", "image/*"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := c.do("", tc.method, tc.path, nil, tc.header...)
@@ -88,6 +96,10 @@ func TestCrossSiteBrowserRequestsAreRefused(t *testing.T) {
 	expectStatus(t, c.do(OpGetHead, "GET", qp+"/head", nil, "Sec-Fetch-Site", "cross-site", "Origin", "https://evil.example"), 200)
 	expectStatus(t, c.do(OpUnlockRequests, "POST", qp+"/requests/unlock?clientKey=k", nil, "Origin", "http://"+host, "Sec-Fetch-Site", "same-origin"), 200)
 	expectStatus(t, c.do(OpListAndLockHead, "POST", qp+"/head/lock?lockSecs=60&clientKey=k", nil, "Sec-Fetch-Site", "none"), 201)
+	// A URL with ?method= typed into the browser's address bar.
+	expectStatus(t, c.do(OpUnlockRequests, "GET", qp+"/requests/unlock?method=POST&clientKey=k", nil,
+		"User-Agent", "Mozilla/5.0 (X11; Linux x86_64)", "Sec-Fetch-Site", "none", "Sec-Fetch-Mode", "navigate"), 200)
+	expectStatus(t, c.do(OpListAndLockHead, "POST", qp+"/head/lock?lockSecs=60&clientKey=k", nil), 201)
 	r := c.do(OpUnlockRequests, "GET", qp+"/requests/unlock?method=POST&clientKey=k", nil)
 	expectStatus(t, r, 200)
 	if fmt.Sprint(r.data(t)["unlockedCount"]) != "2" {
@@ -196,5 +208,88 @@ func TestResponsesAreBounded(t *testing.T) {
 	}
 	if seen != 21 {
 		t.Errorf("listed %d requests, want 21", seen)
+	}
+}
+
+// A page on a host name the attacker controls, re-pointed at 127.0.0.1
+// (DNS rebinding), is "same-origin" with the emulator as far as the
+// browser can tell: its calls carry browser headers, under a Host that is a
+// DNS name rather than an IP address or localhost. They are refused (reads
+// too, when they carry Origin or Sec-Fetch-Site); a program calling the
+// emulator by a DNS name (docker compose, say) sends no browser headers and
+// is served, and so is a URL typed into the browser.
+func TestDNSRebindingIsRefused(t *testing.T) {
+	s, _, q, _ := newQueue(t, 2)
+	c := raw(t, s)
+	qp := "/v2/request-queues/" + q
+	expectStatus(t, c.do(OpListAndLockHead, "POST", qp+"/head/lock?lockSecs=60&clientKey=k", nil), 201)
+	call := func(method, host, path string, header ...string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(method, "http://"+host+path, nil)
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, req)
+		return rec
+	}
+	const rebound = "rebind.attacker.example:8080"
+	for _, tc := range []struct {
+		name, method, path string
+		header             []string
+	}{
+		{"fetch POST, same-origin", "POST", qp + "/requests/unlock?clientKey=k",
+			[]string{"Origin", "http://" + rebound, "Sec-Fetch-Site", "same-origin", "Sec-Fetch-Mode", "cors"}},
+		{"old browser fetch POST, Origin only", "POST", qp + "/requests/unlock?clientKey=k", []string{"Origin", "http://" + rebound}},
+		{"img tag: GET ?method=POST, same-origin", "GET", qp + "/requests/unlock?method=POST&clientKey=k",
+			[]string{"Sec-Fetch-Site", "same-origin", "Sec-Fetch-Dest", "image", "Referer", "http://" + rebound + "/page"}},
+		{"old browser img tag, Referer only", "GET", qp + "/requests/unlock?method=POST&clientKey=k", []string{"Referer", "http://" + rebound + "/page"}},
+		{"fetch GET reading the queue", "GET", qp + "/requests", []string{"Sec-Fetch-Site", "same-origin", "Sec-Fetch-Mode", "cors"}},
+		// Browsers send no Sec-Fetch-* to a plain-http DNS name, and an img
+		// tag with referrerpolicy=no-referrer sends no Referer: what is
+		// left is the browser's User-Agent, which a page cannot change.
+		{"img tag with no-referrer: GET ?method=POST", "GET", qp + "/requests/unlock?method=POST&clientKey=k",
+			[]string{"User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36", "Accept", "image/avif,image/webp,*/*"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := call(tc.method, rebound, tc.path, tc.header...)
+			why := `"rebind.attacker.example", which may have been re-pointed at this machine (DNS rebinding)`
+			if strings.HasPrefix(tc.name, "img tag with no-referrer") {
+				why = "without Sec-Fetch-Site or Referer" // refused as cross-site, whatever the host
+			}
+			var e struct {
+				Error struct{ Type, Message string }
+			}
+			_ = json.Unmarshal(rec.Body.Bytes(), &e)
+			if rec.Code != 403 || e.Error.Type != "insufficient-permissions" || !strings.Contains(e.Error.Message, why) {
+				t.Errorf("%d %s", rec.Code, rec.Body.String())
+			}
+		})
+	}
+	if n := len(s.LockedBy(q, "k")); n != 2 {
+		t.Fatalf("%d locks left, want 2: a refused call unlocked", n)
+	}
+	// Served: a program by a DNS name; a browser by IP address or localhost,
+	// or a URL the user typed.
+	for _, tc := range []struct {
+		name, host string
+		header     []string
+	}{
+		{"program, DNS name", "emulator:8080", []string{"User-Agent", "ApifyClient/2.25.0 (linux; Node/v22.0.0); isAtHome/false"}},
+		{"browser, localhost", "localhost:8080", []string{"Origin", "http://localhost:8080", "Sec-Fetch-Site", "same-origin"}},
+		{"browser, a localhost subdomain", "app.localhost:8080", []string{"Origin", "http://app.localhost:8080", "Sec-Fetch-Site", "same-origin"}},
+		{"browser, IPv4", "127.0.0.1:8080", []string{"Origin", "http://127.0.0.1:8080", "Sec-Fetch-Site", "same-origin"}},
+		{"browser, IPv6", "[::1]:8080", []string{"Origin", "http://[::1]:8080", "Sec-Fetch-Site", "same-origin"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if rec := call("GET", tc.host, qp+"/head", tc.header...); rec.Code != 200 {
+				t.Errorf("head: %d %s", rec.Code, rec.Body.String())
+			}
+		})
+	}
+	if rec := call("GET", "emulator.example:8080", qp+"/head", "User-Agent", "Mozilla/5.0 (X11; Linux x86_64)", "Accept", "text/html"); rec.Code != 200 {
+		t.Errorf("a typed URL: %d %s", rec.Code, rec.Body.String())
+	}
+	if rec := call("POST", "emulator:8080", qp+"/requests/unlock?clientKey=k"); rec.Code != 200 || !strings.Contains(rec.Body.String(), `"unlockedCount":2`) {
+		t.Errorf("a program's unlock by a DNS name: %d %s", rec.Code, rec.Body.String())
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"maps"
 	"net"
 	"net/http"
@@ -336,6 +337,31 @@ func (s *Server) Close() {
 	}
 	<-done
 }
+
+// String describes the server by its URL and how many tokens it takes,
+// never the tokens themselves.
+func (s *Server) String() string {
+	if s == nil {
+		return "apifytest.Server(nil)"
+	}
+	s.mu.Lock()
+	url := s.URL
+	s.mu.Unlock()
+	if url == "" {
+		url = "not started"
+	}
+	return fmt.Sprintf("apifytest.Server{URL: %s, tokens: %d}", url, len(s.tokens))
+}
+
+// Format makes every fmt verb (%v, %+v, %#v, %s, ...) print
+// [Server.String], so a test that logs the server cannot leak its tokens.
+func (s *Server) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(s.String())) }
+
+// GoString implements fmt.GoStringer like [Server.String].
+func (s *Server) GoString() string { return s.String() }
+
+// LogValue implements slog.LogValuer like [Server.String].
+func (s *Server) LogValue() slog.Value { return slog.StringValue(s.String()) }
 
 // Handler returns the emulator's http.Handler, to serve it in memory or
 // behind your own server. Every handler of a Server shares its state.

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"time"
 
@@ -98,7 +99,10 @@ func (a *apiFlags) reportError(err error, base string, stderr io.Writer) int {
 		return exitAPI
 	case errors.As(err, &reqErr):
 		hint := "could not reach " + base + "; check --base-url and the network"
-		if reqErr.Timeout() {
+		// The timeout ended the call, but when the last attempt failed for
+		// another reason (connection refused, say), that is the problem.
+		var netErr *net.OpError
+		if reqErr.Timeout() && !(errors.As(err, &netErr) && !netErr.Timeout()) {
 			hint = fmt.Sprintf("no answer within --timeout %v; raise it or check --base-url (%s)", *a.timeout, base)
 		}
 		fmt.Fprintf(stderr, "%s%v\n%s%s\n", prefix, err, prefix, hint)

@@ -74,6 +74,7 @@ func TestUnlock(t *testing.T) {
 		stdout       string
 		stdoutPrefix bool
 		stderrHas    []string
+		stderrLacks  []string
 	}{
 		{name: "unlocks and prints the count", args: []string{"--base-url", open.URL, "--queue", openQ, "--client-key", "k"}, code: 0, stdout: "unlocked 3 requests\n"},
 		{name: "nothing left to unlock", args: []string{"--base-url", open.URL, "--queue", openQ, "--client-key", "k"}, code: 0, stdout: "unlocked 0 requests\n"},
@@ -90,7 +91,7 @@ func TestUnlock(t *testing.T) {
 		{name: "no token: API error", args: []string{"--base-url", secured.URL, "--queue", securedQ}, code: 3,
 			stderrHas: []string{"401 token-not-provided"}},
 		{name: "connection refused: network error", args: []string{"--base-url", closedServerURL(t), "--queue", "q", "--timeout", "1s"}, code: 4,
-			stderrHas: []string{"connection refused", "check --base-url"}},
+			stderrHas: []string{"connection refused", "could not reach", "check --base-url"}, stderrLacks: []string{"raise it"}},
 		{name: "no answer: timeout", args: []string{"--base-url", neverAnswers(t), "--queue", "q", "--timeout", "300ms"}, code: 4,
 			stderrHas: []string{"--timeout 300ms"}},
 		{name: "missing --queue", args: []string{"--client-key", "k"}, code: 2,
@@ -120,6 +121,11 @@ func TestUnlock(t *testing.T) {
 			for _, want := range tc.stderrHas {
 				if !strings.Contains(stderr.String(), want) {
 					t.Errorf("stderr does not say %q:\n%s", want, stderr.String())
+				}
+			}
+			for _, unwanted := range tc.stderrLacks {
+				if strings.Contains(stderr.String(), unwanted) {
+					t.Errorf("stderr says %q:\n%s", unwanted, stderr.String())
 				}
 			}
 			for _, secret := range []string{"s3cret-token", "wrong-token"} {
