@@ -302,10 +302,12 @@ func (q *RequestQueueClient) Update(ctx context.Context, u RequestQueueUpdate) (
 
 // Delete deletes the queue and every request in it.
 //
-// It is retried like UnlockRequests. When an earlier attempt's answer was
-// lost, a later one finds the queue gone (404); Delete then reports success,
-// since the queue is gone either way. A 404 on the first attempt is an
-// error matching [ErrNotFound].
+// It is retried like UnlockRequests. A 404 on a retry reports success:
+// the earlier attempt may have deleted the queue without its answer
+// arriving (a lost connection, a 502 or 504 from a proxy), and the queue is
+// gone either way. So after a retried 503 or 429 a queue that never existed
+// also reports success. A 404 on the first attempt is an error matching
+// [ErrNotFound].
 //
 // It calls DELETE /v2/request-queues/{queueId}.
 func (q *RequestQueueClient) Delete(ctx context.Context) error {
@@ -316,9 +318,9 @@ func (q *RequestQueueClient) Delete(ctx context.Context) error {
 	return goneAfterRetry(err)
 }
 
-// goneAfterRetry turns a 404 that a retry of a delete got into success: the
-// first attempt got no usable answer (a 404 is not retried), so either it
-// deleted the thing or someone else did.
+// goneAfterRetry turns a 404 that a retry of a delete got into success: an
+// earlier attempt failed (a 404 is not retried) and may have deleted the
+// thing without its answer arriving; gone is gone.
 func goneAfterRetry(err error) error {
 	if apiErr, ok := err.(*APIError); ok && apiErr.StatusCode == http.StatusNotFound && apiErr.Attempts > 1 {
 		return nil

@@ -185,9 +185,10 @@ type DeleteRequestOptions struct {
 
 // DeleteRequest deletes a request from the queue.
 //
-// It is retried like UnlockRequests. When an earlier attempt's answer was
-// lost, a later one finds the request gone (404); DeleteRequest then reports
-// success. A 404 on the first attempt is an error matching [ErrNotFound].
+// It is retried like UnlockRequests. A 404 on a retry reports success, as
+// for [RequestQueueClient.Delete]: an earlier attempt may have deleted the
+// request without its answer arriving, and the request is gone either way.
+// A 404 on the first attempt is an error matching [ErrNotFound].
 //
 // It calls DELETE /v2/request-queues/{queueId}/requests/{requestId}.
 func (q *RequestQueueClient) DeleteRequest(ctx context.Context, requestID string, opts DeleteRequestOptions) error {
