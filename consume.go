@@ -1016,6 +1016,14 @@ func (c *consumer) keep(stop <-chan struct{}) {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	for {
+		// Checked on every turn, not only while idle: once the shutdown
+		// cancelled ops, a prolong fails at once and leaves its request due,
+		// so a keeper that only looked while waiting would spin forever.
+		select {
+		case <-stop:
+			return
+		default:
+		}
 		now := time.Now()
 		next := now.Add(time.Hour)
 		var due []*item

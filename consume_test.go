@@ -555,6 +555,47 @@ func TestConsumeShutdownIsBounded(t *testing.T) {
 	}
 }
 
+// hangProlongs serves every call in memory but prolongs, which get no
+// answer until their ctx ends (a network black hole).
+type hangProlongs struct{ h http.Handler }
+
+func (t hangProlongs) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/lock") {
+		<-r.Context().Done()
+		return nil, r.Context().Err()
+	}
+	return serveInMemory(t.h, r)
+}
+
+// The shutdown bound holds when the end of the shutdown cuts a prolong
+// short: the lock keeper stops instead of retrying it forever.
+func TestConsumeShutdownCutsAProlongShort(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const lock = 10 * time.Second
+		srv, q, ids := memQueue(t, 1)
+		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: hangProlongs{srv.Handler()}})).RequestQueue(q.ID())
+		ctx, cancel := context.WithCancel(context.Background())
+		handlerDone := make(chan struct{})
+		var cancelled time.Time
+		go func() {
+			time.Sleep(5 * time.Second) // the prolong is sent at 6.7 s and hangs
+			cancelled = time.Now()
+			cancel()
+		}()
+		stats, err := q.Consume(ctx, func(context.Context, *apify.Request) error {
+			defer close(handlerDone)
+			time.Sleep(time.Hour) // ignores its ctx
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "cut", LockDuration: lock, HandlerTimeout: 2 * time.Hour, DrainTimeout: time.Second, ShutdownTimeout: 4 * time.Second})
+		require.ErrorIs(t, err, context.Canceled)
+		assert.Equal(t, 3*time.Second, time.Since(cancelled), "the drain, then half the shutdown budget")
+		assert.Equal(t, 1, stats.ReleasedAtExit)
+		st, _ := srv.Request(q.ID(), ids[0])
+		assert.Nil(t, st.Lock)
+		<-handlerDone
+	})
+}
+
 func TestConsumeRejectsBadOptionsBeforeAnyCall(t *testing.T) {
 	ok := func(context.Context, *apify.Request) error { return nil }
 	for _, tc := range []struct {
