@@ -1113,7 +1113,11 @@ func (c *consumer) prolongOne(it *item) {
 		// Handled or released meanwhile, or shutting down: nothing to keep.
 	case it.state == itemRecording && isLockRefused(err):
 		// The result may have just been written (which ends the lock): the
-		// recording call's own answer decides.
+		// recording call's own answer decides. No lock of ours is left to
+		// prolong, so no more tries (which would come at once, and again,
+		// for as long as that answer takes): the lock is lost at its
+		// deadline unless the recording call succeeds first.
+		it.nextTry = it.deadline
 	case isLockRefused(err) || errors.Is(err, ErrNotFound):
 		c.loseLocked(it, "prolong refused", err)
 	case queueUnusable(err):

@@ -885,6 +885,41 @@ func TestConsumeKeepsAnUnrecordableRequestLockedThenReleasesIt(t *testing.T) {
 	})
 }
 
+// slowUpdateAnswer serves every call in memory at once, but the answer to
+// an update of a request comes back only after delay.
+type slowUpdateAnswer struct {
+	h     http.Handler
+	delay time.Duration
+}
+
+func (t slowUpdateAnswer) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := serveInMemory(t.h, r)
+	if r.Method == http.MethodPut && !strings.HasSuffix(r.URL.Path, "/lock") {
+		time.Sleep(t.delay)
+	}
+	return resp, err
+}
+
+// A result written while its lock came due for renewal: the prolong is
+// refused (the request is handled), and Consume waits for the update's
+// answer without prolonging again and again meanwhile.
+func TestConsumeDoesNotProlongARecordedRequest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const lock = 12 * time.Second
+		srv, q, _ := memQueue(t, 1)
+		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: slowUpdateAnswer{srv.Handler(), 10 * time.Second}})).RequestQueue(q.ID())
+		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error {
+			time.Sleep(time.Second) // the update is sent at 1 s; the renewal is due at 8 s
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "patient", LockDuration: lock})
+		require.NoError(t, err)
+		assert.Equal(t, 1, stats.Handled)
+		assert.Zero(t, stats.LocksLost)
+		assert.Equal(t, 1, srv.Calls(apifytest.OpProlongRequestLock), "one refused prolong, not a storm")
+		assert.Equal(t, totalCalls(srv), stats.APICalls)
+	})
+}
+
 // loseFirstLockAnswer serves every call in memory, but the answer to the
 // first head/lock is lost on the way back: the server locked a batch the
 // consumer never saw.
