@@ -335,6 +335,10 @@ type consumer struct {
 	// more: enough to keep the handlers busy while a head/lock call is in
 	// flight (each handler spends about two calls per request).
 	lowWater int
+	// minBatch is the fewest requests a head/lock asks for while handlers
+	// are busy: half a prefetch, so that with many handlers (more than twice
+	// the prefetch) a call is not spent on each freed slot.
+	minBatch int
 
 	mu      sync.Mutex
 	held    map[string]*item
@@ -371,6 +375,7 @@ func newConsumer(q *RequestQueueClient, h Handler, o ConsumeOptions) *consumer {
 	return &consumer{
 		q: q, h: h, o: o, log: o.Logger,
 		lowWater:   o.Concurrency / 2,
+		minBatch:   max(1, min(o.Prefetch, MaxLockHeadLimit)/2),
 		held:       map[string]*item{},
 		jobs:       make(chan *item, o.Concurrency+o.Prefetch+MaxLockHeadLimit),
 		wakeLocker: make(chan struct{}, 1),
@@ -507,7 +512,9 @@ func (c *consumer) lockLoop() {
 	for c.taking.Err() == nil {
 		c.mu.Lock()
 		room := capacity - c.busy - c.waiting
-		want := c.waiting <= lowWater && room > 0
+		// With nothing waiting, room is at least Prefetch ≥ minBatch: a
+		// free handler never waits for a batch to fill.
+		want := c.waiting <= lowWater && room >= c.minBatch
 		c.mu.Unlock()
 		if !want {
 			select {

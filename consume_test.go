@@ -121,15 +121,23 @@ func TestConsumeDrainsTheQueueAndKeepsUserData(t *testing.T) {
 
 // With handlers shorter than half the lock, a handled request costs at most
 // 2.1 queue calls, counted by the emulator: GetRequest, the update that marks
-// it handled, and a share of head/lock, with no prolong at all.
+// it handled, and a share of head/lock, with no prolong at all; also with
+// more handlers than twice the prefetch, where a head/lock must not be spent
+// on each freed slot.
 func TestConsumeCallsPerRequest(t *testing.T) {
+	for _, concurrency := range []int{16, 64} {
+		t.Run(fmt.Sprint(concurrency), func(t *testing.T) { testCallsPerRequest(t, concurrency) })
+	}
+}
+
+func testCallsPerRequest(t *testing.T, concurrency int) {
 	synctest.Test(t, func(t *testing.T) {
 		const n = 500
 		srv, q, _ := memQueue(t, n)
 		stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
 			time.Sleep(2 * time.Second)
 			return nil
-		}, apify.ConsumeOptions{ClientKey: "economy", Concurrency: 16, LockDuration: time.Minute})
+		}, apify.ConsumeOptions{ClientKey: "economy", Concurrency: concurrency, LockDuration: time.Minute})
 		require.NoError(t, err)
 		require.Equal(t, n, stats.Handled)
 		calls := totalCalls(srv)
