@@ -974,3 +974,197 @@ func TestConsumeFollowsQueueOrder(t *testing.T) {
 		assert.Equal(t, ids, got)
 	})
 }
+
+// A request the API marks noRetry fails at once, like an error wrapping
+// ErrNoRetry; and the fields the queue owns (ID, retry count, handled time)
+// are not the handler's to change.
+func TestConsumeQueueOwnedFields(t *testing.T) {
+	t.Run("noRetry", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			srv, q, _ := memQueue(t, 0)
+			ctx := context.Background()
+			added, err := q.AddRequest(ctx, apify.Request{URL: "https://shop.test/once", UniqueKey: "once", NoRetry: true}, apify.RequestOptions{})
+			require.NoError(t, err)
+			var n atomic.Int32
+			stats, err := q.Consume(ctx, func(context.Context, *apify.Request) error {
+				n.Add(1)
+				return errors.New("flaky")
+			}, apify.ConsumeOptions{ClientKey: "once", MaxRetries: 5})
+			require.NoError(t, err)
+			assert.Equal(t, int32(1), n.Load(), "not retried")
+			assert.Equal(t, 1, stats.Failed)
+			assert.Zero(t, stats.Retried)
+			st, _ := srv.Request(q.ID(), added.RequestID)
+			assert.True(t, st.Handled())
+		})
+	})
+	t.Run("the handler cannot change them", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			stats, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "meddler", MaxRetries: 1}, func(run int, _ context.Context, req *apify.Request) error {
+				req.RetryCount = 99
+				req.HandledAt = time.Now()
+				if run == 1 {
+					return errors.New("try again")
+				}
+				return nil
+			})
+			assert.Equal(t, 2, runs, "a retry count of 99 did not make it give up")
+			assert.Equal(t, 1, stats.Handled)
+			assert.Equal(t, 1, req.RetryCount)
+		})
+	})
+}
+
+// A locked request whose GetRequest answers 404 (deleted meanwhile) is
+// skipped; the queue is not unusable for that.
+func TestConsumeSkipsARequestThatIsGone(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 5)
+		srv.FailNext(apifytest.OpGetRequest, 1, apifytest.Fault{Status: 404, Type: "record-not-found"})
+		var n atomic.Int32
+		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { n.Add(1); return nil },
+			apify.ConsumeOptions{ClientKey: "skipper", LockDuration: 10 * time.Second})
+		require.NoError(t, err)
+		assert.Equal(t, 5, stats.Handled, "the skipped request came back when its lock ended, and ran")
+		assert.Equal(t, int32(5), n.Load())
+		assert.Len(t, srv.Handled(q.ID()), 5)
+	})
+}
+
+// An empty head is looked at once more a second later (the platform's head
+// is eventually consistent): a request that shows up meanwhile is handled.
+func TestConsumeLooksAgainBeforeFinishing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 0)
+		go func() {
+			time.Sleep(500 * time.Millisecond)
+			srv.AddRequests(q.ID(), apifytest.Request{URL: "https://shop.test/late"})
+		}()
+		start := time.Now()
+		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil }, apify.ConsumeOptions{ClientKey: "second-look"})
+		require.NoError(t, err)
+		assert.Equal(t, 1, stats.Handled)
+		assert.GreaterOrEqual(t, time.Since(start), 2*time.Second, "and it looked again before returning")
+	})
+}
+
+// slowLockAnswer serves every call in memory at once, but the answers to
+// head/lock come back only after delay: the locks started when the call was
+// served, not when the answer came.
+type slowLockAnswer struct {
+	h     http.Handler
+	delay time.Duration
+}
+
+func (t slowLockAnswer) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := serveInMemory(t.h, r)
+	if strings.HasSuffix(r.URL.Path, "/head/lock") {
+		time.Sleep(t.delay)
+	}
+	return resp, err
+}
+
+// A lock's expiry is counted from when the head/lock was sent, so a slow
+// answer does not make Consume renew too late.
+func TestConsumeCountsLocksFromTheCall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const lock = 12 * time.Second
+		srv, q, _ := memQueue(t, 1)
+		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: slowLockAnswer{srv.Handler(), 6 * time.Second}})).RequestQueue(q.ID())
+		other := srv.Client().RequestQueue(q.ID())
+		var stolen atomic.Int32
+		stop := make(chan struct{})
+		thiefDone := make(chan struct{})
+		go func() {
+			defer close(thiefDone)
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Second):
+				}
+				head, err := other.ListAndLockHead(context.Background(), apify.LockHeadOptions{Limit: 1, LockDuration: time.Hour, ClientKey: "thief"})
+				if err == nil && len(head.Items) > 0 {
+					stolen.Add(1)
+					return
+				}
+			}
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		stats, err := q.Consume(ctx, func(ctx context.Context, _ *apify.Request) error {
+			select {
+			case <-time.After(20 * time.Second):
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}, apify.ConsumeOptions{ClientKey: "timely", Concurrency: 1, LockDuration: lock})
+		close(stop)
+		<-thiefDone
+		require.NoError(t, err)
+		assert.Zero(t, stolen.Load(), "the lock never lapsed")
+		assert.Zero(t, stats.LocksLost)
+		assert.Equal(t, 1, stats.Handled)
+	})
+}
+
+// Cancelling ctx while a start-up unlock or a head/lock is being retried
+// ends Consume at once, holding nothing.
+func TestConsumeCancelledWhileRetrying(t *testing.T) {
+	for _, op := range []apifytest.Operation{apifytest.OpUnlockRequests, apifytest.OpListAndLockHead} {
+		t.Run(string(op), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv, q, _ := memQueue(t, 3)
+				srv.FailNext(op, 1_000_000, apifytest.Fault{Status: 503})
+				ctx, cancel := context.WithCancel(context.Background())
+				var cancelled time.Time
+				go func() {
+					time.Sleep(5 * time.Second)
+					cancelled = time.Now()
+					cancel()
+				}()
+				var n atomic.Int32
+				stats, err := q.Consume(ctx, func(context.Context, *apify.Request) error { n.Add(1); return nil }, apify.ConsumeOptions{ClientKey: "impatient"})
+				require.ErrorIs(t, err, context.Canceled)
+				assert.Less(t, time.Since(cancelled), 100*time.Millisecond, "no backoff waited out")
+				assert.Positive(t, stats.CallErrors)
+				assert.Zero(t, n.Load())
+				assert.Empty(t, srv.Locked(q.ID()))
+				assert.Len(t, srv.Pending(q.ID()), 3)
+			})
+		})
+	}
+}
+
+// cancelOnGet serves every call in memory; once it has served the first
+// GetRequest it cancels the consumer's ctx before the answer goes back.
+type cancelOnGet struct {
+	h      http.Handler
+	cancel context.CancelFunc
+}
+
+func (t cancelOnGet) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := serveInMemory(t.h, r)
+	if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/requests/") {
+		t.cancel()
+	}
+	return resp, err
+}
+
+// A request fetched just as the shutdown began is not started: it goes back
+// to the queue.
+func TestConsumeStartsNothingOnceShuttingDown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 1)
+		ctx, cancel := context.WithCancel(context.Background())
+		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: cancelOnGet{srv.Handler(), cancel}})).RequestQueue(q.ID())
+		var n atomic.Int32
+		stats, err := q.Consume(ctx, func(context.Context, *apify.Request) error { n.Add(1); return nil }, apify.ConsumeOptions{ClientKey: "late"})
+		require.ErrorIs(t, err, context.Canceled)
+		assert.Zero(t, n.Load(), "no handler started after the shutdown began")
+		assert.Equal(t, 1, stats.ReleasedAtExit)
+		assert.Empty(t, srv.Locked(q.ID()))
+		assert.Len(t, srv.Pending(q.ID()), 1)
+	})
+}
