@@ -197,6 +197,7 @@ func TestConsumeLongHandlerKeepsItsLock(t *testing.T) {
 				var (
 					runsN    atomic.Int32
 					stolen   atomic.Int32
+					tries    atomic.Int32
 					cause    atomic.Value
 					checking = make(chan struct{})
 				)
@@ -204,6 +205,7 @@ func TestConsumeLongHandlerKeepsItsLock(t *testing.T) {
 					defer close(checking)
 					for range 60 {
 						time.Sleep(time.Second)
+						tries.Add(1)
 						head, err := other.ListAndLockHead(context.Background(), apify.LockHeadOptions{Limit: 1, LockDuration: time.Hour, ClientKey: "thief"})
 						if err == nil && len(head.Items) > 0 {
 							stolen.Add(1)
@@ -235,6 +237,7 @@ func TestConsumeLongHandlerKeepsItsLock(t *testing.T) {
 					// Renewed when a third of the lock is left: about every 6.7 s for 50 s.
 					assert.GreaterOrEqual(t, stats.LocksRenewed, 6)
 					assert.LessOrEqual(t, stats.LocksRenewed, 9)
+					assert.Equal(t, totalCalls(srv)-int(tries.Load()), stats.APICalls, "APICalls counts the prolongs")
 					st, _ := srv.Request(q.ID(), ids[0])
 					assert.True(t, st.Handled())
 					return
@@ -259,7 +262,11 @@ func consumeOne(t *testing.T, opts apify.ConsumeOptions, h func(run int, ctx con
 	t.Helper()
 	_, q, ids := memQueue(t, 1)
 	var n atomic.Int32
-	stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
+	// A bound in simulated time: a consumer that never finishes fails the
+	// test instead of hanging it.
+	ctx, cancel := context.WithTimeout(context.Background(), 24*time.Hour)
+	defer cancel()
+	stats, err := q.Consume(ctx, func(ctx context.Context, req *apify.Request) error {
 		return h(int(n.Add(1)), ctx, req)
 	}, opts)
 	require.NoError(t, err)
@@ -364,7 +371,11 @@ func TestConsumeHandlerTimeout(t *testing.T) {
 			var causes []error
 			start := time.Now()
 			stats, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "timeout", HandlerTimeout: 5 * time.Second, MaxRetries: 1}, func(run int, ctx context.Context, _ *apify.Request) error {
-				<-ctx.Done()
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Hour): // bounded, should the timeout not come
+					return errors.New("HandlerTimeout did not end the handler's ctx")
+				}
 				causes = append(causes, context.Cause(ctx))
 				assert.Equal(t, 5*time.Second, time.Since(start)-time.Duration(run-1)*5*time.Second)
 				return ctx.Err()
@@ -504,6 +515,7 @@ func TestConsumeShutdownReleasesPrefetchedAtOnce(t *testing.T) {
 		require.ErrorIs(t, res.err, context.Canceled)
 		assert.Equal(t, 2, res.stats.Handled, "the drained handlers' results are recorded")
 		assert.Equal(t, 10, res.stats.ReleasedAtExit)
+		assert.Equal(t, totalCalls(srv), res.stats.APICalls, "APICalls counts the releases")
 		assert.Empty(t, srv.Locked(q.ID()))
 		assert.Len(t, srv.Handled(q.ID()), 2)
 		assert.Len(t, started, 0, "no handler started after the shutdown began")
@@ -910,12 +922,20 @@ func (t slowUpdateAnswer) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // A result written while its lock came due for renewal: the prolong is
 // refused (the request is handled), and Consume waits for the update's
-// answer without prolonging again and again meanwhile.
+// answer without prolonging again and again meanwhile. When that answer
+// comes after the lock's deadline (when the request was counted lost), the
+// result still counts as recorded, not as a lost lock.
 func TestConsumeDoesNotProlongARecordedRequest(t *testing.T) {
+	for _, delay := range []time.Duration{10 * time.Second, 15 * time.Second} {
+		t.Run(delay.String(), func(t *testing.T) { testDoesNotProlongARecordedRequest(t, delay) })
+	}
+}
+
+func testDoesNotProlongARecordedRequest(t *testing.T, delay time.Duration) {
 	synctest.Test(t, func(t *testing.T) {
 		const lock = 12 * time.Second
 		srv, q, _ := memQueue(t, 1)
-		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: slowUpdateAnswer{srv.Handler(), 10 * time.Second}})).RequestQueue(q.ID())
+		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: slowUpdateAnswer{srv.Handler(), delay}})).RequestQueue(q.ID())
 		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error {
 			time.Sleep(time.Second) // the update is sent at 1 s; the renewal is due at 8 s
 			return nil
@@ -958,6 +978,7 @@ func TestConsumeReleasesLocksOfALostHeadLockAnswer(t *testing.T) {
 		assert.Equal(t, 1, stats.CallErrors)
 		assert.Less(t, time.Since(start), time.Minute, "not an hour: the stranded batch was released")
 		assert.Equal(t, 3, srv.Calls(apifytest.OpUnlockRequests), "at start, for the stranded batch, at exit")
+		assert.Equal(t, totalCalls(srv), stats.APICalls)
 	})
 }
 
