@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -202,9 +203,9 @@ type ConsumeStats struct {
 //     ErrInvalidQueueID), when the queue is unusable (a 401, a 403 other
 //     than a refused lock, or a 400 or 404 on the queue's own unlock and
 //     head/lock calls; a 404 on one request only skips that request, and a
-//     400 on a result records it on the request as read), or when ctx
-//     ends. Transient failures (429, 5xx,
-//     network), even after the client's retries, are counted in
+//     400 or 413 on a result records it on the request as read), or when
+//     ctx ends. Transient failures (429, 5xx, network), even after the
+//     client's retries, are counted in
 //     CallErrors, logged, and tried again after a backoff (Retry-After when
 //     the API sent one). A request whose result cannot be written stays
 //     locked and renewed while Consume retries, then is released at exit
@@ -931,7 +932,7 @@ func (c *consumer) record(it *item, req, orig *Request, herr error) {
 		return err
 	}
 	err := c.retryCall(it, "update request", update)
-	if errors.Is(err, ErrInvalidInput) {
+	if refusedRequest(err) {
 		// The API refused what the handler made of the request: record the
 		// result on the request as it was read, which the API stored before.
 		c.log.Warn("apify: Consume: the API refused the handler's changes to the request; recording the result on the request as read", "queue", c.q.id, "request", it.id, "error", err)
@@ -946,7 +947,7 @@ func (c *consumer) record(it *item, req, orig *Request, herr error) {
 		})
 	}
 	if err != nil {
-		if errors.Is(err, ErrInvalidInput) {
+		if refusedRequest(err) {
 			c.log.Error("apify: Consume: the API refused the result; the request stays locked until its lock expires", "queue", c.q.id, "request", it.id, "error", err)
 			c.finish(it)
 		}
@@ -972,8 +973,8 @@ func (c *consumer) record(it *item, req, orig *Request, herr error) {
 
 // retryCall makes a call that records a result, retrying transient failures
 // while the lock holds (the keeper renews it meanwhile) and until the end of
-// the shutdown. It returns nil when the call succeeded, a 400 as it came
-// (the request is still held: the caller decides), and otherwise an error
+// the shutdown. It returns nil when the call succeeded, a 400 or 413 as it
+// came (the request is still held: the caller decides), and otherwise an error
 // after it dealt with the request (lost, gone, or left to the final unlock).
 func (c *consumer) retryCall(it *item, what string, f func(context.Context) error) error {
 	for attempt := 0; ; attempt++ {
@@ -1001,7 +1002,7 @@ func (c *consumer) retryCall(it *item, what string, f func(context.Context) erro
 			c.log.Warn("apify: Consume: the request is gone (deleted?)", "queue", c.q.id, "request", it.id, "error", err)
 			c.finish(it)
 			return err
-		case errors.Is(err, ErrInvalidInput):
+		case refusedRequest(err):
 			return err
 		case queueUnusable(err):
 			c.setFatal(err)
@@ -1178,6 +1179,13 @@ func queueUnusable(err error) bool {
 		return !isLockRefused(err)
 	}
 	return apiErr.StatusCode >= 400 && apiErr.StatusCode < 500 && !apiErr.Temporary()
+}
+
+// refusedRequest reports an answer refusing the request as sent (400, or 413
+// when it is too large to store), as opposed to the queue or the lock.
+func refusedRequest(err error) bool {
+	var apiErr *APIError
+	return errors.Is(err, ErrInvalidInput) || errors.As(err, &apiErr) && apiErr.StatusCode == http.StatusRequestEntityTooLarge
 }
 
 // isLockRefused reports a 403 about the request's lock (held by another

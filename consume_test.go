@@ -816,6 +816,28 @@ func TestConsumeRecordsOnTheRequestAsReadWhenTheAPIRefusesTheHandlersChanges(t *
 	})
 }
 
+// A handler that makes the request too large to store (the API answers 413)
+// does not stop the consumer either: that one result is recorded on the
+// request as read, and the other requests go on.
+func TestConsumeRecordsOnTheRequestAsReadWhenItIsTooLarge(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, ids := memQueue(t, 3)
+		huge, _ := json.Marshal(map[string]string{"page": strings.Repeat("x", 10<<20)})
+		stats, err := q.Consume(context.Background(), func(_ context.Context, req *apify.Request) error {
+			if req.ID == ids[0] {
+				req.UserData = huge
+			}
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "hoarder"})
+		require.NoError(t, err, "one request too large is not an unusable queue")
+		assert.Equal(t, 3, stats.Handled)
+		assert.Len(t, srv.Handled(q.ID()), 3)
+		got, err := q.GetRequest(context.Background(), ids[0])
+		require.NoError(t, err)
+		assert.Empty(t, got.UserData)
+	})
+}
+
 // failProlongOf is a transport whose prolongs of one request always fail
 // with 503; every other call is served in memory.
 type failProlongOf struct {
