@@ -316,6 +316,23 @@ func TestConsumeRetriesFailures(t *testing.T) {
 			assert.False(t, req.HandledAt.IsZero())
 		})
 	})
+	t.Run("to the back of the queue", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			_, q, ids := memQueue(t, 3)
+			var order []string
+			failed := false
+			_, err := q.Consume(context.Background(), func(_ context.Context, req *apify.Request) error {
+				order = append(order, req.ID)
+				if req.ID == ids[0] && !failed {
+					failed = true
+					return errors.New("again later")
+				}
+				return nil
+			}, apify.ConsumeOptions{ClientKey: "retry", Concurrency: 1, Prefetch: -1})
+			require.NoError(t, err)
+			assert.Equal(t, []string{ids[0], ids[1], ids[2], ids[0]}, order)
+		})
+	})
 	t.Run("error messages are bounded", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			long := strings.Repeat("é", 1500)
@@ -481,7 +498,7 @@ func TestConsumeRecoversLocksAtStart(t *testing.T) {
 // queue at once, while running handlers drain and record their results.
 func TestConsumeShutdownReleasesPrefetchedAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		srv, q, _ := memQueue(t, 100)
+		srv, q, ids := memQueue(t, 100)
 		ctx, cancel := context.WithCancel(context.Background())
 		started := make(chan string, 100)
 		release := make(chan struct{})
@@ -507,7 +524,16 @@ func TestConsumeShutdownReleasesPrefetchedAtOnce(t *testing.T) {
 		synctest.Wait()
 		locked := srv.LockedBy(q.ID(), "stopper")
 		assert.Len(t, locked, 2, "only the running requests are still held")
-		assert.Len(t, srv.Pending(q.ID()), 98, "the prefetched ones are pending again, before the drain ends")
+		pending := srv.Pending(q.ID())
+		assert.Len(t, pending, 98, "the prefetched ones are pending again, before the drain ends")
+		if assert.Len(t, pending, 98) {
+			var front []string
+			for _, st := range pending[:10] {
+				front = append(front, st.ID)
+			}
+			// Released in parallel, each to the front: in some order.
+			assert.ElementsMatch(t, ids[2:12], front, "at the front of the queue, where they were")
+		}
 
 		time.Sleep(10 * time.Second)
 		close(release)
@@ -525,6 +551,29 @@ func TestConsumeShutdownReleasesPrefetchedAtOnce(t *testing.T) {
 // A handler that outlives DrainTimeout has its ctx cancelled; Consume
 // returns within DrainTimeout + 1.5 × ShutdownTimeout even if the handler
 // ignores it, and releases its lock.
+// A negative DrainTimeout gives running handlers no drain: their ctx ends
+// as soon as Consume's does.
+func TestConsumeNoDrain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, q, _ := memQueue(t, 1)
+		ctx, cancel := context.WithCancel(context.Background())
+		var cancelled, stopped time.Time
+		stats, err := q.Consume(ctx, func(hctx context.Context, _ *apify.Request) error {
+			go func() {
+				time.Sleep(time.Second)
+				cancelled = time.Now()
+				cancel()
+			}()
+			<-hctx.Done()
+			stopped = time.Now()
+			return hctx.Err()
+		}, apify.ConsumeOptions{ClientKey: "nodrain", DrainTimeout: -1})
+		require.ErrorIs(t, err, context.Canceled)
+		assert.Equal(t, cancelled, stopped)
+		assert.Equal(t, 1, stats.ReleasedAtExit)
+	})
+}
+
 func TestConsumeShutdownIsBounded(t *testing.T) {
 	for _, obeys := range []bool{true, false} {
 		t.Run(fmt.Sprintf("handlerObeysCtx=%v", obeys), func(t *testing.T) {
