@@ -589,12 +589,19 @@ func (c *consumer) lockLoop() {
 			// we never got: with nothing else held, releasing all our locks
 			// brings them back now rather than when they expire.
 			c.calls.Add(1)
-			if res, err := c.q.UnlockRequests(c.taking, c.o.ClientKey); err == nil {
+			res, err := c.q.UnlockRequests(c.taking, c.o.ClientKey)
+			switch {
+			case err == nil:
 				mayHaveStranded = false
 				if res.UnlockedCount > 0 {
 					c.log.Info("apify: Consume released locks a failed head/lock had taken", "queue", c.q.id, "count", res.UnlockedCount)
 					continue
 				}
+			case c.taking.Err() != nil:
+				return
+			default:
+				// Tried again at the next poll; the locks expire meanwhile anyway.
+				c.transient("unlock after a failed head/lock", err)
 			}
 		}
 		// Nothing to take now: others (or we) hold locks, or KeepAlive.

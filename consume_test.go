@@ -1053,6 +1053,37 @@ func TestConsumeReleasesLocksOfALostHeadLockAnswer(t *testing.T) {
 	})
 }
 
+// loseFirstLockAnswerThenFailUnlocks is loseFirstLockAnswer, and the first
+// unlock after the lost answer fails with 503 (all its attempts).
+type loseFirstLockAnswerThenFailUnlocks struct {
+	loseFirstLockAnswer
+	srv *apifytest.Server
+}
+
+func (t *loseFirstLockAnswerThenFailUnlocks) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.loseFirstLockAnswer.RoundTrip(r)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		t.srv.FailNext(apifytest.OpUnlockRequests, apify.DefaultMaxRetries+1, apifytest.Fault{Status: 503})
+	}
+	return resp, err
+}
+
+// A failed release of the locks a lost head/lock answer took is counted
+// like every failed call, and tried again.
+func TestConsumeRetriesTheReleaseOfALostHeadLockAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 30)
+		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: &loseFirstLockAnswerThenFailUnlocks{loseFirstLockAnswer{h: srv.Handler()}, srv}})).RequestQueue(q.ID())
+		start := time.Now()
+		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil },
+			apify.ConsumeOptions{ClientKey: "unlucky", LockDuration: time.Hour})
+		require.NoError(t, err)
+		assert.Equal(t, 30, stats.Handled)
+		assert.Equal(t, 2, stats.CallErrors, "the lost head/lock answer, and the failed unlock")
+		assert.Less(t, time.Since(start), time.Minute, "released at the next try")
+	})
+}
+
 // Handlers get requests in queue order.
 func TestConsumeFollowsQueueOrder(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
