@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -202,9 +203,9 @@ type ConsumeStats struct {
 //     ErrInvalidQueueID), when the queue is unusable (a 401, a 403 other
 //     than a refused lock, or a 400 or 404 on the queue's own unlock and
 //     head/lock calls; a 404 on one request only skips that request, and a
-//     400 on a result records it on the request as read), or when ctx
-//     ends. Transient failures (429, 5xx,
-//     network), even after the client's retries, are counted in
+//     400 or 413 on a result records it on the request as read), or when
+//     ctx ends. Transient failures (429, 5xx, network), even after the
+//     client's retries, are counted in
 //     CallErrors, logged, and tried again after a backoff (Retry-After when
 //     the API sent one). A request whose result cannot be written stays
 //     locked and renewed while Consume retries, then is released at exit
@@ -219,8 +220,11 @@ type ConsumeStats struct {
 //
 // API economy: with handlers shorter than half the lock, a handled request
 // costs about 2.05 queue calls (GetRequest, the update that marks it
-// handled, a share of a head/lock of 17 to 25 requests), plus one unlock at
-// start and one at exit.
+// handled, a share of a head/lock of 12 to 25 requests), plus one unlock at
+// start and one at exit. That holds while a prefetched request waits less
+// than two thirds of the lock for a handler (about Prefetch ÷ Concurrency
+// handler runs); with few, slow handlers the waiting requests are prolonged
+// too: lower Prefetch then.
 func (q *RequestQueueClient) Consume(ctx context.Context, h Handler, opts ConsumeOptions) (*ConsumeStats, error) {
 	if q.err != nil {
 		return &ConsumeStats{}, q.err
@@ -335,6 +339,10 @@ type consumer struct {
 	// more: enough to keep the handlers busy while a head/lock call is in
 	// flight (each handler spends about two calls per request).
 	lowWater int
+	// minBatch is the fewest requests a head/lock asks for while handlers
+	// are busy: half a prefetch, so that with many handlers (more than twice
+	// the prefetch) a call is not spent on each freed slot.
+	minBatch int
 
 	mu      sync.Mutex
 	held    map[string]*item
@@ -371,6 +379,7 @@ func newConsumer(q *RequestQueueClient, h Handler, o ConsumeOptions) *consumer {
 	return &consumer{
 		q: q, h: h, o: o, log: o.Logger,
 		lowWater:   o.Concurrency / 2,
+		minBatch:   max(1, min(o.Prefetch, MaxLockHeadLimit)/2),
 		held:       map[string]*item{},
 		jobs:       make(chan *item, o.Concurrency+o.Prefetch+MaxLockHeadLimit),
 		wakeLocker: make(chan struct{}, 1),
@@ -507,7 +516,9 @@ func (c *consumer) lockLoop() {
 	for c.taking.Err() == nil {
 		c.mu.Lock()
 		room := capacity - c.busy - c.waiting
-		want := c.waiting <= lowWater && room > 0
+		// With nothing waiting, room is at least Prefetch ≥ minBatch: a
+		// free handler never waits for a batch to fill.
+		want := c.waiting <= lowWater && room >= c.minBatch
 		c.mu.Unlock()
 		if !want {
 			select {
@@ -578,12 +589,19 @@ func (c *consumer) lockLoop() {
 			// we never got: with nothing else held, releasing all our locks
 			// brings them back now rather than when they expire.
 			c.calls.Add(1)
-			if res, err := c.q.UnlockRequests(c.taking, c.o.ClientKey); err == nil {
+			res, err := c.q.UnlockRequests(c.taking, c.o.ClientKey)
+			switch {
+			case err == nil:
 				mayHaveStranded = false
 				if res.UnlockedCount > 0 {
 					c.log.Info("apify: Consume released locks a failed head/lock had taken", "queue", c.q.id, "count", res.UnlockedCount)
 					continue
 				}
+			case c.taking.Err() != nil:
+				return
+			default:
+				// Tried again at the next poll; the locks expire meanwhile anyway.
+				c.transient("unlock after a failed head/lock", err)
 			}
 		}
 		// Nothing to take now: others (or we) hold locks, or KeepAlive.
@@ -924,7 +942,7 @@ func (c *consumer) record(it *item, req, orig *Request, herr error) {
 		return err
 	}
 	err := c.retryCall(it, "update request", update)
-	if errors.Is(err, ErrInvalidInput) {
+	if refusedRequest(err) {
 		// The API refused what the handler made of the request: record the
 		// result on the request as it was read, which the API stored before.
 		c.log.Warn("apify: Consume: the API refused the handler's changes to the request; recording the result on the request as read", "queue", c.q.id, "request", it.id, "error", err)
@@ -939,7 +957,7 @@ func (c *consumer) record(it *item, req, orig *Request, herr error) {
 		})
 	}
 	if err != nil {
-		if errors.Is(err, ErrInvalidInput) {
+		if refusedRequest(err) {
 			c.log.Error("apify: Consume: the API refused the result; the request stays locked until its lock expires", "queue", c.q.id, "request", it.id, "error", err)
 			c.finish(it)
 		}
@@ -965,8 +983,8 @@ func (c *consumer) record(it *item, req, orig *Request, herr error) {
 
 // retryCall makes a call that records a result, retrying transient failures
 // while the lock holds (the keeper renews it meanwhile) and until the end of
-// the shutdown. It returns nil when the call succeeded, a 400 as it came
-// (the request is still held: the caller decides), and otherwise an error
+// the shutdown. It returns nil when the call succeeded, a 400 or 413 as it
+// came (the request is still held: the caller decides), and otherwise an error
 // after it dealt with the request (lost, gone, or left to the final unlock).
 func (c *consumer) retryCall(it *item, what string, f func(context.Context) error) error {
 	for attempt := 0; ; attempt++ {
@@ -994,7 +1012,7 @@ func (c *consumer) retryCall(it *item, what string, f func(context.Context) erro
 			c.log.Warn("apify: Consume: the request is gone (deleted?)", "queue", c.q.id, "request", it.id, "error", err)
 			c.finish(it)
 			return err
-		case errors.Is(err, ErrInvalidInput):
+		case refusedRequest(err):
 			return err
 		case queueUnusable(err):
 			c.setFatal(err)
@@ -1016,6 +1034,14 @@ func (c *consumer) keep(stop <-chan struct{}) {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	for {
+		// Checked on every turn, not only while idle: once the shutdown
+		// cancelled ops, a prolong fails at once and leaves its request due,
+		// so a keeper that only looked while waiting would spin forever.
+		select {
+		case <-stop:
+			return
+		default:
+		}
 		now := time.Now()
 		next := now.Add(time.Hour)
 		var due []*item
@@ -1105,7 +1131,11 @@ func (c *consumer) prolongOne(it *item) {
 		// Handled or released meanwhile, or shutting down: nothing to keep.
 	case it.state == itemRecording && isLockRefused(err):
 		// The result may have just been written (which ends the lock): the
-		// recording call's own answer decides.
+		// recording call's own answer decides. No lock of ours is left to
+		// prolong, so no more tries (which would come at once, and again,
+		// for as long as that answer takes): the lock is lost at its
+		// deadline unless the recording call succeeds first.
+		it.nextTry = it.deadline
 	case isLockRefused(err) || errors.Is(err, ErrNotFound):
 		c.loseLocked(it, "prolong refused", err)
 	case queueUnusable(err):
@@ -1159,6 +1189,13 @@ func queueUnusable(err error) bool {
 		return !isLockRefused(err)
 	}
 	return apiErr.StatusCode >= 400 && apiErr.StatusCode < 500 && !apiErr.Temporary()
+}
+
+// refusedRequest reports an answer refusing the request as sent (400, or 413
+// when it is too large to store), as opposed to the queue or the lock.
+func refusedRequest(err error) bool {
+	var apiErr *APIError
+	return errors.Is(err, ErrInvalidInput) || errors.As(err, &apiErr) && apiErr.StatusCode == http.StatusRequestEntityTooLarge
 }
 
 // isLockRefused reports a 403 about the request's lock (held by another

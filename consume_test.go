@@ -121,15 +121,23 @@ func TestConsumeDrainsTheQueueAndKeepsUserData(t *testing.T) {
 
 // With handlers shorter than half the lock, a handled request costs at most
 // 2.1 queue calls, counted by the emulator: GetRequest, the update that marks
-// it handled, and a share of head/lock, with no prolong at all.
+// it handled, and a share of head/lock, with no prolong at all; also with
+// more handlers than twice the prefetch, where a head/lock must not be spent
+// on each freed slot.
 func TestConsumeCallsPerRequest(t *testing.T) {
+	for _, concurrency := range []int{16, 64} {
+		t.Run(fmt.Sprint(concurrency), func(t *testing.T) { testCallsPerRequest(t, concurrency) })
+	}
+}
+
+func testCallsPerRequest(t *testing.T, concurrency int) {
 	synctest.Test(t, func(t *testing.T) {
 		const n = 500
 		srv, q, _ := memQueue(t, n)
 		stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
 			time.Sleep(2 * time.Second)
 			return nil
-		}, apify.ConsumeOptions{ClientKey: "economy", Concurrency: 16, LockDuration: time.Minute})
+		}, apify.ConsumeOptions{ClientKey: "economy", Concurrency: concurrency, LockDuration: time.Minute})
 		require.NoError(t, err)
 		require.Equal(t, n, stats.Handled)
 		calls := totalCalls(srv)
@@ -189,6 +197,7 @@ func TestConsumeLongHandlerKeepsItsLock(t *testing.T) {
 				var (
 					runsN    atomic.Int32
 					stolen   atomic.Int32
+					tries    atomic.Int32
 					cause    atomic.Value
 					checking = make(chan struct{})
 				)
@@ -196,6 +205,7 @@ func TestConsumeLongHandlerKeepsItsLock(t *testing.T) {
 					defer close(checking)
 					for range 60 {
 						time.Sleep(time.Second)
+						tries.Add(1)
 						head, err := other.ListAndLockHead(context.Background(), apify.LockHeadOptions{Limit: 1, LockDuration: time.Hour, ClientKey: "thief"})
 						if err == nil && len(head.Items) > 0 {
 							stolen.Add(1)
@@ -227,6 +237,7 @@ func TestConsumeLongHandlerKeepsItsLock(t *testing.T) {
 					// Renewed when a third of the lock is left: about every 6.7 s for 50 s.
 					assert.GreaterOrEqual(t, stats.LocksRenewed, 6)
 					assert.LessOrEqual(t, stats.LocksRenewed, 9)
+					assert.Equal(t, totalCalls(srv)-int(tries.Load()), stats.APICalls, "APICalls counts the prolongs")
 					st, _ := srv.Request(q.ID(), ids[0])
 					assert.True(t, st.Handled())
 					return
@@ -251,7 +262,11 @@ func consumeOne(t *testing.T, opts apify.ConsumeOptions, h func(run int, ctx con
 	t.Helper()
 	_, q, ids := memQueue(t, 1)
 	var n atomic.Int32
-	stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
+	// A bound in simulated time: a consumer that never finishes fails the
+	// test instead of hanging it.
+	ctx, cancel := context.WithTimeout(context.Background(), 24*time.Hour)
+	defer cancel()
+	stats, err := q.Consume(ctx, func(ctx context.Context, req *apify.Request) error {
 		return h(int(n.Add(1)), ctx, req)
 	}, opts)
 	require.NoError(t, err)
@@ -299,6 +314,23 @@ func TestConsumeRetriesFailures(t *testing.T) {
 			assert.Equal(t, []string{"attempt 1 failed", "attempt 2 failed"}, req.ErrorMessages)
 			assert.Equal(t, 2, req.RetryCount)
 			assert.False(t, req.HandledAt.IsZero())
+		})
+	})
+	t.Run("to the back of the queue", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			_, q, ids := memQueue(t, 3)
+			var order []string
+			failed := false
+			_, err := q.Consume(context.Background(), func(_ context.Context, req *apify.Request) error {
+				order = append(order, req.ID)
+				if req.ID == ids[0] && !failed {
+					failed = true
+					return errors.New("again later")
+				}
+				return nil
+			}, apify.ConsumeOptions{ClientKey: "retry", Concurrency: 1, Prefetch: -1})
+			require.NoError(t, err)
+			assert.Equal(t, []string{ids[0], ids[1], ids[2], ids[0]}, order)
 		})
 	})
 	t.Run("error messages are bounded", func(t *testing.T) {
@@ -356,7 +388,11 @@ func TestConsumeHandlerTimeout(t *testing.T) {
 			var causes []error
 			start := time.Now()
 			stats, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "timeout", HandlerTimeout: 5 * time.Second, MaxRetries: 1}, func(run int, ctx context.Context, _ *apify.Request) error {
-				<-ctx.Done()
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Hour): // bounded, should the timeout not come
+					return errors.New("HandlerTimeout did not end the handler's ctx")
+				}
 				causes = append(causes, context.Cause(ctx))
 				assert.Equal(t, 5*time.Second, time.Since(start)-time.Duration(run-1)*5*time.Second)
 				return ctx.Err()
@@ -462,7 +498,7 @@ func TestConsumeRecoversLocksAtStart(t *testing.T) {
 // queue at once, while running handlers drain and record their results.
 func TestConsumeShutdownReleasesPrefetchedAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		srv, q, _ := memQueue(t, 100)
+		srv, q, ids := memQueue(t, 100)
 		ctx, cancel := context.WithCancel(context.Background())
 		started := make(chan string, 100)
 		release := make(chan struct{})
@@ -488,7 +524,16 @@ func TestConsumeShutdownReleasesPrefetchedAtOnce(t *testing.T) {
 		synctest.Wait()
 		locked := srv.LockedBy(q.ID(), "stopper")
 		assert.Len(t, locked, 2, "only the running requests are still held")
-		assert.Len(t, srv.Pending(q.ID()), 98, "the prefetched ones are pending again, before the drain ends")
+		pending := srv.Pending(q.ID())
+		assert.Len(t, pending, 98, "the prefetched ones are pending again, before the drain ends")
+		if assert.Len(t, pending, 98) {
+			var front []string
+			for _, st := range pending[:10] {
+				front = append(front, st.ID)
+			}
+			// Released in parallel, each to the front: in some order.
+			assert.ElementsMatch(t, ids[2:12], front, "at the front of the queue, where they were")
+		}
 
 		time.Sleep(10 * time.Second)
 		close(release)
@@ -496,6 +541,7 @@ func TestConsumeShutdownReleasesPrefetchedAtOnce(t *testing.T) {
 		require.ErrorIs(t, res.err, context.Canceled)
 		assert.Equal(t, 2, res.stats.Handled, "the drained handlers' results are recorded")
 		assert.Equal(t, 10, res.stats.ReleasedAtExit)
+		assert.Equal(t, totalCalls(srv), res.stats.APICalls, "APICalls counts the releases")
 		assert.Empty(t, srv.Locked(q.ID()))
 		assert.Len(t, srv.Handled(q.ID()), 2)
 		assert.Len(t, started, 0, "no handler started after the shutdown began")
@@ -505,6 +551,29 @@ func TestConsumeShutdownReleasesPrefetchedAtOnce(t *testing.T) {
 // A handler that outlives DrainTimeout has its ctx cancelled; Consume
 // returns within DrainTimeout + 1.5 × ShutdownTimeout even if the handler
 // ignores it, and releases its lock.
+// A negative DrainTimeout gives running handlers no drain: their ctx ends
+// as soon as Consume's does.
+func TestConsumeNoDrain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, q, _ := memQueue(t, 1)
+		ctx, cancel := context.WithCancel(context.Background())
+		var cancelled, stopped time.Time
+		stats, err := q.Consume(ctx, func(hctx context.Context, _ *apify.Request) error {
+			go func() {
+				time.Sleep(time.Second)
+				cancelled = time.Now()
+				cancel()
+			}()
+			<-hctx.Done()
+			stopped = time.Now()
+			return hctx.Err()
+		}, apify.ConsumeOptions{ClientKey: "nodrain", DrainTimeout: -1})
+		require.ErrorIs(t, err, context.Canceled)
+		assert.Equal(t, cancelled, stopped)
+		assert.Equal(t, 1, stats.ReleasedAtExit)
+	})
+}
+
 func TestConsumeShutdownIsBounded(t *testing.T) {
 	for _, obeys := range []bool{true, false} {
 		t.Run(fmt.Sprintf("handlerObeysCtx=%v", obeys), func(t *testing.T) {
@@ -553,6 +622,47 @@ func TestConsumeShutdownIsBounded(t *testing.T) {
 			})
 		})
 	}
+}
+
+// hangProlongs serves every call in memory but prolongs, which get no
+// answer until their ctx ends (a network black hole).
+type hangProlongs struct{ h http.Handler }
+
+func (t hangProlongs) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/lock") {
+		<-r.Context().Done()
+		return nil, r.Context().Err()
+	}
+	return serveInMemory(t.h, r)
+}
+
+// The shutdown bound holds when the end of the shutdown cuts a prolong
+// short: the lock keeper stops instead of retrying it forever.
+func TestConsumeShutdownCutsAProlongShort(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const lock = 10 * time.Second
+		srv, q, ids := memQueue(t, 1)
+		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: hangProlongs{srv.Handler()}})).RequestQueue(q.ID())
+		ctx, cancel := context.WithCancel(context.Background())
+		handlerDone := make(chan struct{})
+		var cancelled time.Time
+		go func() {
+			time.Sleep(5 * time.Second) // the prolong is sent at 6.7 s and hangs
+			cancelled = time.Now()
+			cancel()
+		}()
+		stats, err := q.Consume(ctx, func(context.Context, *apify.Request) error {
+			defer close(handlerDone)
+			time.Sleep(time.Hour) // ignores its ctx
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "cut", LockDuration: lock, HandlerTimeout: 2 * time.Hour, DrainTimeout: time.Second, ShutdownTimeout: 4 * time.Second})
+		require.ErrorIs(t, err, context.Canceled)
+		assert.Equal(t, 3*time.Second, time.Since(cancelled), "the drain, then half the shutdown budget")
+		assert.Equal(t, 1, stats.ReleasedAtExit)
+		st, _ := srv.Request(q.ID(), ids[0])
+		assert.Nil(t, st.Lock)
+		<-handlerDone
+	})
 }
 
 func TestConsumeRejectsBadOptionsBeforeAnyCall(t *testing.T) {
@@ -755,6 +865,28 @@ func TestConsumeRecordsOnTheRequestAsReadWhenTheAPIRefusesTheHandlersChanges(t *
 	})
 }
 
+// A handler that makes the request too large to store (the API answers 413)
+// does not stop the consumer either: that one result is recorded on the
+// request as read, and the other requests go on.
+func TestConsumeRecordsOnTheRequestAsReadWhenItIsTooLarge(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, ids := memQueue(t, 3)
+		huge, _ := json.Marshal(map[string]string{"page": strings.Repeat("x", 10<<20)})
+		stats, err := q.Consume(context.Background(), func(_ context.Context, req *apify.Request) error {
+			if req.ID == ids[0] {
+				req.UserData = huge
+			}
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "hoarder"})
+		require.NoError(t, err, "one request too large is not an unusable queue")
+		assert.Equal(t, 3, stats.Handled)
+		assert.Len(t, srv.Handled(q.ID()), 3)
+		got, err := q.GetRequest(context.Background(), ids[0])
+		require.NoError(t, err)
+		assert.Empty(t, got.UserData)
+	})
+}
+
 // failProlongOf is a transport whose prolongs of one request always fail
 // with 503; every other call is served in memory.
 type failProlongOf struct {
@@ -844,6 +976,49 @@ func TestConsumeKeepsAnUnrecordableRequestLockedThenReleasesIt(t *testing.T) {
 	})
 }
 
+// slowUpdateAnswer serves every call in memory at once, but the answer to
+// an update of a request comes back only after delay.
+type slowUpdateAnswer struct {
+	h     http.Handler
+	delay time.Duration
+}
+
+func (t slowUpdateAnswer) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := serveInMemory(t.h, r)
+	if r.Method == http.MethodPut && !strings.HasSuffix(r.URL.Path, "/lock") {
+		time.Sleep(t.delay)
+	}
+	return resp, err
+}
+
+// A result written while its lock came due for renewal: the prolong is
+// refused (the request is handled), and Consume waits for the update's
+// answer without prolonging again and again meanwhile. When that answer
+// comes after the lock's deadline (when the request was counted lost), the
+// result still counts as recorded, not as a lost lock.
+func TestConsumeDoesNotProlongARecordedRequest(t *testing.T) {
+	for _, delay := range []time.Duration{10 * time.Second, 15 * time.Second} {
+		t.Run(delay.String(), func(t *testing.T) { testDoesNotProlongARecordedRequest(t, delay) })
+	}
+}
+
+func testDoesNotProlongARecordedRequest(t *testing.T, delay time.Duration) {
+	synctest.Test(t, func(t *testing.T) {
+		const lock = 12 * time.Second
+		srv, q, _ := memQueue(t, 1)
+		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: slowUpdateAnswer{srv.Handler(), delay}})).RequestQueue(q.ID())
+		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error {
+			time.Sleep(time.Second) // the update is sent at 1 s; the renewal is due at 8 s
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "patient", LockDuration: lock})
+		require.NoError(t, err)
+		assert.Equal(t, 1, stats.Handled)
+		assert.Zero(t, stats.LocksLost)
+		assert.Equal(t, 1, srv.Calls(apifytest.OpProlongRequestLock), "one refused prolong, not a storm")
+		assert.Equal(t, totalCalls(srv), stats.APICalls)
+	})
+}
+
 // loseFirstLockAnswer serves every call in memory, but the answer to the
 // first head/lock is lost on the way back: the server locked a batch the
 // consumer never saw.
@@ -874,6 +1049,38 @@ func TestConsumeReleasesLocksOfALostHeadLockAnswer(t *testing.T) {
 		assert.Equal(t, 1, stats.CallErrors)
 		assert.Less(t, time.Since(start), time.Minute, "not an hour: the stranded batch was released")
 		assert.Equal(t, 3, srv.Calls(apifytest.OpUnlockRequests), "at start, for the stranded batch, at exit")
+		assert.Equal(t, totalCalls(srv), stats.APICalls)
+	})
+}
+
+// loseFirstLockAnswerThenFailUnlocks is loseFirstLockAnswer, and the first
+// unlock after the lost answer fails with 503 (all its attempts).
+type loseFirstLockAnswerThenFailUnlocks struct {
+	loseFirstLockAnswer
+	srv *apifytest.Server
+}
+
+func (t *loseFirstLockAnswerThenFailUnlocks) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.loseFirstLockAnswer.RoundTrip(r)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		t.srv.FailNext(apifytest.OpUnlockRequests, apify.DefaultMaxRetries+1, apifytest.Fault{Status: 503})
+	}
+	return resp, err
+}
+
+// A failed release of the locks a lost head/lock answer took is counted
+// like every failed call, and tried again.
+func TestConsumeRetriesTheReleaseOfALostHeadLockAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 30)
+		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: &loseFirstLockAnswerThenFailUnlocks{loseFirstLockAnswer{h: srv.Handler()}, srv}})).RequestQueue(q.ID())
+		start := time.Now()
+		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil },
+			apify.ConsumeOptions{ClientKey: "unlucky", LockDuration: time.Hour})
+		require.NoError(t, err)
+		assert.Equal(t, 30, stats.Handled)
+		assert.Equal(t, 2, stats.CallErrors, "the lost head/lock answer, and the failed unlock")
+		assert.Less(t, time.Since(start), time.Minute, "released at the next try")
 	})
 }
 
@@ -888,5 +1095,199 @@ func TestConsumeFollowsQueueOrder(t *testing.T) {
 		}, apify.ConsumeOptions{ClientKey: "orderly", Concurrency: 1})
 		require.NoError(t, err)
 		assert.Equal(t, ids, got)
+	})
+}
+
+// A request the API marks noRetry fails at once, like an error wrapping
+// ErrNoRetry; and the fields the queue owns (ID, retry count, handled time)
+// are not the handler's to change.
+func TestConsumeQueueOwnedFields(t *testing.T) {
+	t.Run("noRetry", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			srv, q, _ := memQueue(t, 0)
+			ctx := context.Background()
+			added, err := q.AddRequest(ctx, apify.Request{URL: "https://shop.test/once", UniqueKey: "once", NoRetry: true}, apify.RequestOptions{})
+			require.NoError(t, err)
+			var n atomic.Int32
+			stats, err := q.Consume(ctx, func(context.Context, *apify.Request) error {
+				n.Add(1)
+				return errors.New("flaky")
+			}, apify.ConsumeOptions{ClientKey: "once", MaxRetries: 5})
+			require.NoError(t, err)
+			assert.Equal(t, int32(1), n.Load(), "not retried")
+			assert.Equal(t, 1, stats.Failed)
+			assert.Zero(t, stats.Retried)
+			st, _ := srv.Request(q.ID(), added.RequestID)
+			assert.True(t, st.Handled())
+		})
+	})
+	t.Run("the handler cannot change them", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			stats, runs, req := consumeOne(t, apify.ConsumeOptions{ClientKey: "meddler", MaxRetries: 1}, func(run int, _ context.Context, req *apify.Request) error {
+				req.RetryCount = 99
+				req.HandledAt = time.Now()
+				if run == 1 {
+					return errors.New("try again")
+				}
+				return nil
+			})
+			assert.Equal(t, 2, runs, "a retry count of 99 did not make it give up")
+			assert.Equal(t, 1, stats.Handled)
+			assert.Equal(t, 1, req.RetryCount)
+		})
+	})
+}
+
+// A locked request whose GetRequest answers 404 (deleted meanwhile) is
+// skipped; the queue is not unusable for that.
+func TestConsumeSkipsARequestThatIsGone(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 5)
+		srv.FailNext(apifytest.OpGetRequest, 1, apifytest.Fault{Status: 404, Type: "record-not-found"})
+		var n atomic.Int32
+		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { n.Add(1); return nil },
+			apify.ConsumeOptions{ClientKey: "skipper", LockDuration: 10 * time.Second})
+		require.NoError(t, err)
+		assert.Equal(t, 5, stats.Handled, "the skipped request came back when its lock ended, and ran")
+		assert.Equal(t, int32(5), n.Load())
+		assert.Len(t, srv.Handled(q.ID()), 5)
+	})
+}
+
+// An empty head is looked at once more a second later (the platform's head
+// is eventually consistent): a request that shows up meanwhile is handled.
+func TestConsumeLooksAgainBeforeFinishing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 0)
+		go func() {
+			time.Sleep(500 * time.Millisecond)
+			srv.AddRequests(q.ID(), apifytest.Request{URL: "https://shop.test/late"})
+		}()
+		start := time.Now()
+		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil }, apify.ConsumeOptions{ClientKey: "second-look"})
+		require.NoError(t, err)
+		assert.Equal(t, 1, stats.Handled)
+		assert.GreaterOrEqual(t, time.Since(start), 2*time.Second, "and it looked again before returning")
+	})
+}
+
+// slowLockAnswer serves every call in memory at once, but the answers to
+// head/lock come back only after delay: the locks started when the call was
+// served, not when the answer came.
+type slowLockAnswer struct {
+	h     http.Handler
+	delay time.Duration
+}
+
+func (t slowLockAnswer) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := serveInMemory(t.h, r)
+	if strings.HasSuffix(r.URL.Path, "/head/lock") {
+		time.Sleep(t.delay)
+	}
+	return resp, err
+}
+
+// A lock's expiry is counted from when the head/lock was sent, so a slow
+// answer does not make Consume renew too late.
+func TestConsumeCountsLocksFromTheCall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const lock = 12 * time.Second
+		srv, q, _ := memQueue(t, 1)
+		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: slowLockAnswer{srv.Handler(), 6 * time.Second}})).RequestQueue(q.ID())
+		other := srv.Client().RequestQueue(q.ID())
+		var stolen atomic.Int32
+		stop := make(chan struct{})
+		thiefDone := make(chan struct{})
+		go func() {
+			defer close(thiefDone)
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Second):
+				}
+				head, err := other.ListAndLockHead(context.Background(), apify.LockHeadOptions{Limit: 1, LockDuration: time.Hour, ClientKey: "thief"})
+				if err == nil && len(head.Items) > 0 {
+					stolen.Add(1)
+					return
+				}
+			}
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		stats, err := q.Consume(ctx, func(ctx context.Context, _ *apify.Request) error {
+			select {
+			case <-time.After(20 * time.Second):
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}, apify.ConsumeOptions{ClientKey: "timely", Concurrency: 1, LockDuration: lock})
+		close(stop)
+		<-thiefDone
+		require.NoError(t, err)
+		assert.Zero(t, stolen.Load(), "the lock never lapsed")
+		assert.Zero(t, stats.LocksLost)
+		assert.Equal(t, 1, stats.Handled)
+	})
+}
+
+// Cancelling ctx while a start-up unlock or a head/lock is being retried
+// ends Consume at once, holding nothing.
+func TestConsumeCancelledWhileRetrying(t *testing.T) {
+	for _, op := range []apifytest.Operation{apifytest.OpUnlockRequests, apifytest.OpListAndLockHead} {
+		t.Run(string(op), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv, q, _ := memQueue(t, 3)
+				srv.FailNext(op, 1_000_000, apifytest.Fault{Status: 503})
+				ctx, cancel := context.WithCancel(context.Background())
+				var cancelled time.Time
+				go func() {
+					time.Sleep(5 * time.Second)
+					cancelled = time.Now()
+					cancel()
+				}()
+				var n atomic.Int32
+				stats, err := q.Consume(ctx, func(context.Context, *apify.Request) error { n.Add(1); return nil }, apify.ConsumeOptions{ClientKey: "impatient"})
+				require.ErrorIs(t, err, context.Canceled)
+				assert.Less(t, time.Since(cancelled), 100*time.Millisecond, "no backoff waited out")
+				assert.Positive(t, stats.CallErrors)
+				assert.Zero(t, n.Load())
+				assert.Empty(t, srv.Locked(q.ID()))
+				assert.Len(t, srv.Pending(q.ID()), 3)
+			})
+		})
+	}
+}
+
+// cancelOnGet serves every call in memory; once it has served the first
+// GetRequest it cancels the consumer's ctx before the answer goes back.
+type cancelOnGet struct {
+	h      http.Handler
+	cancel context.CancelFunc
+}
+
+func (t cancelOnGet) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := serveInMemory(t.h, r)
+	if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/requests/") {
+		t.cancel()
+	}
+	return resp, err
+}
+
+// A request fetched just as the shutdown began is not started: it goes back
+// to the queue.
+func TestConsumeStartsNothingOnceShuttingDown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, q, _ := memQueue(t, 1)
+		ctx, cancel := context.WithCancel(context.Background())
+		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: cancelOnGet{srv.Handler(), cancel}})).RequestQueue(q.ID())
+		var n atomic.Int32
+		stats, err := q.Consume(ctx, func(context.Context, *apify.Request) error { n.Add(1); return nil }, apify.ConsumeOptions{ClientKey: "late"})
+		require.ErrorIs(t, err, context.Canceled)
+		assert.Zero(t, n.Load(), "no handler started after the shutdown began")
+		assert.Equal(t, 1, stats.ReleasedAtExit)
+		assert.Empty(t, srv.Locked(q.ID()))
+		assert.Len(t, srv.Pending(q.ID()), 1)
 	})
 }

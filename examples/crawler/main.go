@@ -15,7 +15,7 @@
 // ACTOR_DEFAULT_REQUEST_QUEUE_ID) and from flags:
 //
 //	crawler --queue QUEUE_ID [--client-key K] [--concurrency 10] [--lock 1m] [--work 200ms]
-//	        [--drain-timeout 10s] [--shutdown-timeout 5s] [--keep-alive]
+//	        [--handler-timeout 1m] [--drain-timeout 10s] [--shutdown-timeout 5s] [--keep-alive]
 //
 // Try it offline against the emulator:
 //

@@ -146,10 +146,14 @@ func TestCrawlerProcessSignals(t *testing.T) {
 	env := []string{"APIFY_API_BASE_URL=" + baseURL, "APIFY_TOKEN=" + token}
 
 	t.Run("SIGTERM", func(t *testing.T) {
-		const drain, shutdown = 2 * time.Second, 2 * time.Second
+		// Handlers of 1 s, 4 at a time: when the first 4 are handled, the
+		// next 4 have just started, and outlast the drain of 100 ms, so the
+		// final unlock must release them (and the prefetched ones are
+		// released while they drain).
+		const drain, shutdown = 100 * time.Millisecond, 2 * time.Second
 		p := start(t, crawlerBin, env, "--queue", queueID, "--client-key", "sigterm-test", "--concurrency", "4",
-			"--lock", "10m", "--work", "100ms", "--drain-timeout", drain.String(), "--shutdown-timeout", shutdown.String())
-		p.waitFor(handledLine, 8)
+			"--lock", "10m", "--work", "1s", "--drain-timeout", drain.String(), "--shutdown-timeout", shutdown.String())
+		p.waitFor(handledLine, 4)
 		require.Greater(t, n-pending(), 8, "mid-run: handled and held requests are out of the head")
 
 		require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
