@@ -13,7 +13,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 )
 
 // Handler processes one request taken from a queue by
@@ -1212,11 +1211,7 @@ func isLockRefused(err error) bool {
 func appendError(msgs []string, err error) []string {
 	m := err.Error()
 	if len(m) > consumeErrorMessageMax {
-		cut := consumeErrorMessageMax
-		for cut > 0 && !utf8.RuneStart(m[cut]) {
-			cut--
-		}
-		m = m[:cut] + "…"
+		m = cutBytes(m, consumeErrorMessageMax) + "…"
 	}
 	msgs = append(append([]string(nil), msgs...), m)
 	if n := len(msgs); n > consumeErrorsKept {
