@@ -73,7 +73,6 @@ const (
 	consumeErrorMessageMax        = 1000 // bytes of one error message
 	consumeMaxConcurrency         = 10_000
 	consumeMinLockDuration        = time.Second
-	consumeMaxLockDuration        = 24 * time.Hour
 	consumeFinishConfirmWait      = time.Second
 	consumeIdlePollMin            = 100 * time.Millisecond
 	consumeIdlePollMax            = 2 * time.Second
@@ -263,8 +262,8 @@ func (o ConsumeOptions) resolve() (ConsumeOptions, error) {
 	switch {
 	case o.LockDuration == 0:
 		o.LockDuration = DefaultConsumeLockDuration
-	case o.LockDuration < consumeMinLockDuration || o.LockDuration > consumeMaxLockDuration:
-		bad("LockDuration is %v; it must be %v to %v (0 means %v)", o.LockDuration, consumeMinLockDuration, consumeMaxLockDuration, DefaultConsumeLockDuration)
+	case o.LockDuration < consumeMinLockDuration || o.LockDuration > MaxLockDuration:
+		bad("LockDuration is %v; it must be %v to %v (0 means %v)", o.LockDuration, consumeMinLockDuration, MaxLockDuration, DefaultConsumeLockDuration)
 	}
 	switch {
 	case o.HandlerTimeout == 0:
