@@ -927,13 +927,18 @@ func (c *consumer) record(it *item, req, orig *Request, herr error) {
 		deleteLock = true
 		c.log.Info("apify: Consume: request failed; it will be retried", "queue", c.q.id, "request", it.id, "url", it.url, "retryCount", req.RetryCount, "error", herr)
 	}
+	// asRead drops the handler's changes to the request, keeping the result:
+	// the request as it was read, which the API stored before.
+	asRead := func() {
+		fixed := *orig
+		fixed.RetryCount, fixed.ErrorMessages, fixed.HandledAt = req.RetryCount, req.ErrorMessages, req.HandledAt
+		*req = fixed
+	}
 	if err := validateNewRequest("the request", *req); err != nil {
 		// The handler left the request unstorable (say, UserData that is not
 		// JSON): record the result on the request as it was read.
 		c.log.Warn("apify: Consume: the handler's changes to the request cannot be stored; recording the result on the request as read", "queue", c.q.id, "request", it.id, "error", err)
-		fixed := *orig
-		fixed.RetryCount, fixed.ErrorMessages, fixed.HandledAt = req.RetryCount, req.ErrorMessages, req.HandledAt
-		*req = fixed
+		asRead()
 	}
 	update := func(ctx context.Context) error {
 		_, err := c.q.UpdateRequest(ctx, *req, RequestOptions{ClientKey: c.o.ClientKey, Forefront: false})
@@ -944,9 +949,7 @@ func (c *consumer) record(it *item, req, orig *Request, herr error) {
 		// The API refused what the handler made of the request: record the
 		// result on the request as it was read, which the API stored before.
 		c.log.Warn("apify: Consume: the API refused the handler's changes to the request; recording the result on the request as read", "queue", c.q.id, "request", it.id, "error", err)
-		fixed := *orig
-		fixed.RetryCount, fixed.ErrorMessages, fixed.HandledAt = req.RetryCount, req.ErrorMessages, req.HandledAt
-		*req = fixed
+		asRead()
 		err = c.retryCall(it, "update request", update)
 	}
 	if err == nil && deleteLock {
