@@ -849,10 +849,7 @@ func (c *consumer) unstart(it *item, self bool) {
 		c.mu.Unlock()
 		return
 	}
-	it.state = itemDone
-	if c.held[it.id] == it {
-		delete(c.held, it.id)
-	}
+	c.forgetLocked(it)
 	running := c.busy > 0
 	if self {
 		running = c.busy > 1
@@ -885,6 +882,12 @@ func (c *consumer) unstart(it *item, self bool) {
 func (c *consumer) finish(it *item) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.forgetLocked(it)
+}
+
+// forgetLocked marks a request done and drops it from held (unless a newer
+// item of the same ID replaced it there); c.mu must be held.
+func (c *consumer) forgetLocked(it *item) {
 	it.state = itemDone
 	if c.held[it.id] == it {
 		delete(c.held, it.id)
@@ -898,10 +901,7 @@ func (c *consumer) loseLocked(it *item, why string, err error) bool {
 		return false
 	}
 	it.lost = true
-	it.state = itemDone
-	if c.held[it.id] == it {
-		delete(c.held, it.id)
-	}
+	c.forgetLocked(it)
 	if it.cancel != nil {
 		it.cancel(ErrLockLost)
 	}
