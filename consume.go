@@ -1183,12 +1183,10 @@ func queueUnusable(err error) bool {
 	if !errors.As(err, &apiErr) {
 		return false
 	}
-	switch apiErr.StatusCode {
-	case 400, 401, 404:
-		return true
-	case 403:
-		return !isLockRefused(err)
+	if apiErr.StatusCode == http.StatusForbidden {
+		return !isLockRefused(err) // a refused lock is about one request only
 	}
+	// Every other 4xx but 429: 400, 401, 404 and the like.
 	return apiErr.StatusCode >= 400 && apiErr.StatusCode < 500 && !apiErr.Temporary()
 }
 
