@@ -19,8 +19,9 @@ import (
 // [RequestQueueClient.Consume], which calls it from up to Concurrency
 // goroutines at once. It gets the whole request (as GetRequest
 // returns it) and may change req.UserData (and the other fields the API
-// stores, apart from ID and UniqueKey): Consume writes the request back when
-// it records the result.
+// stores): Consume writes the request back when it records the result. It
+// keeps ID, UniqueKey, RetryCount and HandledAt as they were read, since
+// the result decides the last two; a handler's changes to them are ignored.
 //
 // Returning nil marks the request handled. Returning an error puts it back
 // for another try, or fails it at once when the error wraps [ErrNoRetry]. A
