@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"time"
 )
 
 // MaxBatchSize is the most requests the API takes in one batch call.
@@ -250,10 +249,10 @@ type batcher struct {
 func (b batcher) rounds() int { return b.q.c.maxRetries + 1 }
 
 // wait sleeps the Client's backoff before round n (from 1), or returns at
-// once when ctx ends first or its deadline would come before the wait ends.
+// once when ctx ends first or the wait would end at or after its deadline.
 func (b batcher) wait(ctx context.Context, n int) error {
 	d := b.q.c.retryWait(n-1, nil)
-	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d {
+	if outlastsDeadline(ctx, d) {
 		return context.DeadlineExceeded
 	}
 	if !sleepCtx(ctx, d) {

@@ -19,8 +19,9 @@ import (
 // [RequestQueueClient.Consume], which calls it from up to Concurrency
 // goroutines at once. It gets the whole request (as GetRequest
 // returns it) and may change req.UserData (and the other fields the API
-// stores, apart from ID and UniqueKey): Consume writes the request back when
-// it records the result.
+// stores): Consume writes the request back when it records the result. It
+// keeps ID, UniqueKey, RetryCount and HandledAt as they were read, since
+// the result decides the last two; a handler's changes to them are ignored.
 //
 // Returning nil marks the request handled. Returning an error puts it back
 // for another try, or fails it at once when the error wraps [ErrNoRetry]. A
@@ -73,7 +74,6 @@ const (
 	consumeErrorMessageMax        = 1000 // bytes of one error message
 	consumeMaxConcurrency         = 10_000
 	consumeMinLockDuration        = time.Second
-	consumeMaxLockDuration        = 24 * time.Hour
 	consumeFinishConfirmWait      = time.Second
 	consumeIdlePollMin            = 100 * time.Millisecond
 	consumeIdlePollMax            = 2 * time.Second
@@ -263,8 +263,8 @@ func (o ConsumeOptions) resolve() (ConsumeOptions, error) {
 	switch {
 	case o.LockDuration == 0:
 		o.LockDuration = DefaultConsumeLockDuration
-	case o.LockDuration < consumeMinLockDuration || o.LockDuration > consumeMaxLockDuration:
-		bad("LockDuration is %v; it must be %v to %v (0 means %v)", o.LockDuration, consumeMinLockDuration, consumeMaxLockDuration, DefaultConsumeLockDuration)
+	case o.LockDuration < consumeMinLockDuration || o.LockDuration > MaxLockDuration:
+		bad("LockDuration is %v; it must be %v to %v (0 means %v)", o.LockDuration, consumeMinLockDuration, MaxLockDuration, DefaultConsumeLockDuration)
 	}
 	switch {
 	case o.HandlerTimeout == 0:
@@ -850,10 +850,7 @@ func (c *consumer) unstart(it *item, self bool) {
 		c.mu.Unlock()
 		return
 	}
-	it.state = itemDone
-	if c.held[it.id] == it {
-		delete(c.held, it.id)
-	}
+	c.forgetLocked(it)
 	running := c.busy > 0
 	if self {
 		running = c.busy > 1
@@ -886,6 +883,12 @@ func (c *consumer) unstart(it *item, self bool) {
 func (c *consumer) finish(it *item) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.forgetLocked(it)
+}
+
+// forgetLocked marks a request done and drops it from held (unless a newer
+// item of the same ID replaced it there); c.mu must be held.
+func (c *consumer) forgetLocked(it *item) {
 	it.state = itemDone
 	if c.held[it.id] == it {
 		delete(c.held, it.id)
@@ -899,10 +902,7 @@ func (c *consumer) loseLocked(it *item, why string, err error) bool {
 		return false
 	}
 	it.lost = true
-	it.state = itemDone
-	if c.held[it.id] == it {
-		delete(c.held, it.id)
-	}
+	c.forgetLocked(it)
 	if it.cancel != nil {
 		it.cancel(ErrLockLost)
 	}
@@ -928,13 +928,18 @@ func (c *consumer) record(it *item, req, orig *Request, herr error) {
 		deleteLock = true
 		c.log.Info("apify: Consume: request failed; it will be retried", "queue", c.q.id, "request", it.id, "url", it.url, "retryCount", req.RetryCount, "error", herr)
 	}
+	// asRead drops the handler's changes to the request, keeping the result:
+	// the request as it was read, which the API stored before.
+	asRead := func() {
+		fixed := *orig
+		fixed.RetryCount, fixed.ErrorMessages, fixed.HandledAt = req.RetryCount, req.ErrorMessages, req.HandledAt
+		*req = fixed
+	}
 	if err := validateNewRequest("the request", *req); err != nil {
 		// The handler left the request unstorable (say, UserData that is not
 		// JSON): record the result on the request as it was read.
 		c.log.Warn("apify: Consume: the handler's changes to the request cannot be stored; recording the result on the request as read", "queue", c.q.id, "request", it.id, "error", err)
-		fixed := *orig
-		fixed.RetryCount, fixed.ErrorMessages, fixed.HandledAt = req.RetryCount, req.ErrorMessages, req.HandledAt
-		*req = fixed
+		asRead()
 	}
 	update := func(ctx context.Context) error {
 		_, err := c.q.UpdateRequest(ctx, *req, RequestOptions{ClientKey: c.o.ClientKey, Forefront: false})
@@ -945,9 +950,7 @@ func (c *consumer) record(it *item, req, orig *Request, herr error) {
 		// The API refused what the handler made of the request: record the
 		// result on the request as it was read, which the API stored before.
 		c.log.Warn("apify: Consume: the API refused the handler's changes to the request; recording the result on the request as read", "queue", c.q.id, "request", it.id, "error", err)
-		fixed := *orig
-		fixed.RetryCount, fixed.ErrorMessages, fixed.HandledAt = req.RetryCount, req.ErrorMessages, req.HandledAt
-		*req = fixed
+		asRead()
 		err = c.retryCall(it, "update request", update)
 	}
 	if err == nil && deleteLock {
@@ -1181,12 +1184,10 @@ func queueUnusable(err error) bool {
 	if !errors.As(err, &apiErr) {
 		return false
 	}
-	switch apiErr.StatusCode {
-	case 400, 401, 404:
-		return true
-	case 403:
-		return !isLockRefused(err)
+	if apiErr.StatusCode == http.StatusForbidden {
+		return !isLockRefused(err) // a refused lock is about one request only
 	}
+	// Every other 4xx but 429: 400, 401, 404 and the like.
 	return apiErr.StatusCode >= 400 && apiErr.StatusCode < 500 && !apiErr.Temporary()
 }
 

@@ -73,8 +73,9 @@
 // [ErrRateLimited] and the other sentinels. A call that got no usable response
 // is a [*RequestError] wrapping its cause, so errors.Is(err,
 // context.DeadlineExceeded) works; when the context ended (or would have)
-// before a retry, it wraps the response being retried too. Bad arguments are rejected before any I/O
-// with errors wrapping [ErrInvalidQueueID] or [ErrInvalidClientKey].
+// before a retry, it wraps the response being retried too. Bad arguments
+// are rejected before any I/O with errors wrapping [ErrInvalidQueueID] or
+// [ErrInvalidClientKey].
 //
 // The library prints nothing by itself; see [WithLogger].
 package apify

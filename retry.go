@@ -123,7 +123,7 @@ func (cl *call) checkRetry(ctx context.Context, resp *http.Response, err error) 
 		return false, nil // no retries left: the last failure is the result
 	}
 	cl.wait = cl.c.retryWait(cl.attempts-1, resp)
-	if deadline, ok := ctx.Deadline(); ok && !time.Now().Add(cl.wait).Before(deadline) {
+	if outlastsDeadline(ctx, cl.wait) {
 		// The wait would end at or after the caller's deadline: give up
 		// now, exactly as if the ctx had ended during the wait (a
 		// *RequestError wrapping context.DeadlineExceeded and, when there
@@ -132,6 +132,14 @@ func (cl *call) checkRetry(ctx context.Context, resp *http.Response, err error) 
 	}
 	cl.reason = reason
 	return true, nil
+}
+
+// outlastsDeadline reports whether a wait of d, started now, would end at or
+// after ctx's deadline: such a wait is never started, by a call's retries
+// or by the rounds of a batch.
+func outlastsDeadline(ctx context.Context, d time.Duration) bool {
+	deadline, ok := ctx.Deadline()
+	return ok && !time.Now().Add(d).Before(deadline)
 }
 
 // backoff is the Backoff hook: it returns the wait checkRetry drew for the

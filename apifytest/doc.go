@@ -179,9 +179,9 @@
 //     cannot decode gives 400 invalid-input. A body may have at most
 //     9437184 bytes as sent and again once decoded (else 413
 //     request-too-large, saying which): decoding streams and stops just past
-//     the limit, so a compression bomb costs little time and memory. Malformed JSON, a wrong
-//     JSON type or a missing uniqueKey or url gives 400 invalid-input naming
-//     the field (and, in a batch, the index). uniqueKey is required, as the
+//     the limit, so a compression bomb costs little time and memory.
+//     Malformed JSON, a wrong JSON type or a missing uniqueKey or url gives
+//     400 invalid-input naming the field (and, in a batch, the index). uniqueKey is required, as the
 //     spec's RequestWithoutId says; an added request must not carry an id.
 //     Fields outside the spec's RequestBase are dropped, null fields are
 //     omitted, and handledAt is omitted while a request is not handled.
@@ -247,7 +247,7 @@
 //   - Time is UTC with millisecond precision; a lock has expired from its
 //     lockExpiresAt on. Each call reads the clock once, when it arrives,
 //     and all of it (expiring locks, the new expiry, timestamps, the rate
-//     limit) happens at that instant. Injected faults answer before authentication and
-//     before any state changes. Rate limits are modelled only with
+//     limit) happens at that instant. Injected faults answer before
+//     authentication and before any state changes. Rate limits are modelled only with
 //     [WithRateLimits] (see Rate limits); FailNext injects any other 429.
 package apifytest

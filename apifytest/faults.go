@@ -98,6 +98,13 @@ func (fs *faults) next(op Operation) (Fault, bool) {
 	return f, true
 }
 
+// countLimited records a call to op refused by the rate-limit model.
+func (fs *faults) countLimited(op Operation) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	fs.limited[op]++
+}
+
 // FailNext makes the next n calls to op fail as f says, then lets calls
 // through again. Faults queue up: after the n calls of one FailNext, the
 // calls of the next FailNext on the same op fail. n = 0 does nothing.

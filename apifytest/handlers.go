@@ -129,9 +129,7 @@ func (s *Server) rateLimit(w http.ResponseWriter, r *http.Request, op Operation,
 	if ok {
 		return nil
 	}
-	s.faults.mu.Lock()
-	s.faults.limited[op]++
-	s.faults.mu.Unlock()
+	s.faults.countLimited(op)
 	w.Header().Set("Retry-After", retryAfter(wait))
 	return errRateLimited(class, s.limiter.limits.of(class))
 }

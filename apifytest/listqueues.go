@@ -69,7 +69,7 @@ func (s *store) listQueues(c caller, offset, limit int, desc, unnamed, sharedOnl
 		slices.Reverse(qs)
 	}
 	total := len(qs)
-	qs = qs[min(offset, total):min(offset+min(limit, total), total)]
+	qs = qs[min(offset, total):min(offset+limit, total)] // offset+limit cannot overflow: see maxQueueListOffset
 	out := make([]queueInfo, len(qs))
 	for i, q := range qs {
 		out[i] = q.info()

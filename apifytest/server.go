@@ -370,9 +370,10 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // Client returns an SDK client pointed at the server, with retry waits of 1
 // to 20 ms suited to tests. When the server has tokens, it uses the first
 // WithToken token, or else a WithUserToken token, or else a WithRunToken
-// one (the first in byte order), so that it is never refused with 401. opts are applied after those, so they win. On a server that
-// was not started, the client calls [Server.Handler] in memory, with no
-// sockets (for testing/synctest). It panics when opts are invalid.
+// one (the first in byte order), so that it is never refused with 401.
+// opts are applied after those, so they win. On a server that was not
+// started, the client calls [Server.Handler] in memory, with no sockets
+// (for testing/synctest). It panics when opts are invalid.
 func (s *Server) Client(opts ...apify.Option) *apify.Client {
 	s.mu.Lock()
 	base := s.URL

@@ -56,7 +56,7 @@ const (
 )
 
 const usage = `Usage:
-  apify-rq serve  [--addr 127.0.0.1:8080] [--token T]... [--run-token T=RUN_ID]... [--queue NAME]... [--rate-limits on] [--log] [--read-timeout 30s] [--idle-timeout 60s] [--max-conns 512]
+  apify-rq serve  ` + serveSynopsis + `
   apify-rq show   ` + showSynopsis + `
   apify-rq list   ` + listSynopsis + `
   apify-rq unlock ` + unlockSynopsis + `

@@ -16,8 +16,10 @@ import (
 	"github.com/rqkit/apify/apifytest"
 )
 
+const serveSynopsis = "[--addr 127.0.0.1:8080] [--token T]... [--run-token T=RUN_ID]... [--queue NAME]... [--rate-limits on] [--log] [--read-timeout 30s] [--idle-timeout 60s] [--max-conns 512]"
+
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("serve", "[--addr 127.0.0.1:8080] [--token T]... [--run-token T=RUN_ID]... [--queue NAME]... [--rate-limits on] [--log] [--read-timeout 30s] [--idle-timeout 60s] [--max-conns 512]", stderr)
+	fs := newFlagSet("serve", serveSynopsis, stderr)
 	addr := fs.String("addr", "127.0.0.1:8080", "`host:port` to listen on; port 0 picks a free port")
 	var tokens, runTokens secretFlags
 	var queues repeated
