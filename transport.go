@@ -43,8 +43,13 @@ func (t *attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		return nil, t.attemptError(ctx, err)
 	}
 	limit := maxBodyBytes
-	if n, ok := req.Context().Value(bodyLimitKey{}).(int); ok {
-		limit = n
+	if resp.ContentLength < 0 || resp.ContentLength > maxBodyBytes {
+		// Only a body that may outgrow the common bound asks whether the
+		// call has its own: a short body of known length (every unlock's)
+		// skips the walk up the context chain.
+		if n, ok := req.Context().Value(bodyLimitKey{}).(int); ok {
+			limit = n
+		}
 	}
 	body, err := readBounded(resp.Body, resp.ContentLength, limit)
 	if err != nil {
