@@ -75,11 +75,7 @@ func (q *RequestQueueClient) BatchAddRequests(ctx context.Context, reqs []Reques
 // batchAddOnce sends one batch and returns what the API processed and the
 // requests of sent (whole, in order) it reports unprocessed.
 func (q *RequestQueueClient) batchAddOnce(ctx context.Context, b batcher, sent []Request) ([]AddedRequest, []Request, error) {
-	body, err := json.Marshal(sent)
-	if err != nil {
-		return nil, nil, fmt.Errorf("apify: %w: %w", ErrInvalidInput, err)
-	}
-	resp, err := q.c.do(ctx, apiRequest{method: b.method, ep: b.ep, query: b.query, body: body, idempotent: true})
+	resp, err := b.send(ctx, sent)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -173,11 +169,7 @@ func (q *RequestQueueClient) BatchDeleteRequests(ctx context.Context, refs []Req
 }
 
 func (q *RequestQueueClient) batchDeleteOnce(ctx context.Context, b batcher, sent []RequestRef) ([]RequestRef, []RequestRef, error) {
-	body, err := json.Marshal(sent)
-	if err != nil {
-		return nil, nil, fmt.Errorf("apify: %w: %w", ErrInvalidInput, err)
-	}
-	resp, err := q.c.do(ctx, apiRequest{method: b.method, ep: b.ep, query: b.query, body: body, idempotent: true})
+	resp, err := b.send(ctx, sent)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -242,6 +234,15 @@ type batcher struct {
 	method string
 	query  string
 	total  int
+}
+
+// send makes one batch call with items as its JSON body.
+func (b batcher) send(ctx context.Context, items any) (apiResponse, error) {
+	body, err := json.Marshal(items)
+	if err != nil {
+		return apiResponse{}, fmt.Errorf("apify: %w: %w", ErrInvalidInput, err)
+	}
+	return b.q.c.do(ctx, apiRequest{method: b.method, ep: b.ep, query: b.query, body: body, idempotent: true})
 }
 
 // rounds is how many times a chunk is sent at most: as many as the
