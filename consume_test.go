@@ -405,29 +405,46 @@ func TestConsumeHandlerTimeout(t *testing.T) {
 			assert.Contains(t, req.ErrorMessages[0], "handler timed out after 5s")
 		})
 	})
-	t.Run("a handler that ignores its ctx stops being renewed and loses its lock", func(t *testing.T) {
+	t.Run("a handler that ignores its ctx is abandoned: a failed attempt at once, its slot given back", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			const lock = 10 * time.Second
+			const lock = 12 * time.Second // grace: a sixth of it, 2 s
 			srv, q, ids := memQueue(t, 1)
 			var n atomic.Int32
 			firstDone := make(chan struct{})
+			start := time.Now()
+			var secondAt time.Duration
 			stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
 				if n.Add(1) == 1 {
 					defer close(firstDone)
 					time.Sleep(time.Minute) // ignores ctx
 					return nil
 				}
+				secondAt = time.Since(start)
+				assert.Equal(t, 1, req.RetryCount, "the abandoned run counted as a failed attempt")
 				return nil
-			}, apify.ConsumeOptions{ClientKey: "hung", Concurrency: 2, LockDuration: lock, HandlerTimeout: 5 * time.Second})
+			}, apify.ConsumeOptions{ClientKey: "hung", Concurrency: 1, LockDuration: lock, HandlerTimeout: 5 * time.Second})
 			require.NoError(t, err)
+			assert.Equal(t, int32(2), n.Load(), "the request ran again, in the slot the hung handler gave back")
+			assert.Equal(t, 7*time.Second, secondAt, "at HandlerTimeout plus the grace, not when the lock lapses")
+			assert.Equal(t, 1, stats.Abandoned)
+			assert.Equal(t, 1, stats.Retried)
+			assert.Equal(t, 1, stats.Handled)
+			assert.Zero(t, stats.LocksLost, "the lock was kept until the failure was recorded")
+			select {
+			case <-firstDone:
+				t.Fatal("Consume waited for the abandoned handler")
+			default:
+			}
 			<-firstDone
-			assert.Equal(t, int32(2), n.Load(), "the request ran again once the hung handler's lock lapsed")
-			assert.Equal(t, 1, stats.LocksLost)
-			assert.Equal(t, 1, stats.Handled, "the hung handler's late nil is not recorded")
-			assert.Equal(t, 1, stats.LocksRenewed, "renewed only until HandlerTimeout plus a third of the lock")
+			synctest.Wait()
 			st, _ := srv.Request(q.ID(), ids[0])
 			assert.True(t, st.Handled())
-			assert.Zero(t, st.RetryCount)
+			assert.Equal(t, 1, st.RetryCount, "the abandoned handler's late nil is never recorded")
+			got, err := q.GetRequest(context.Background(), ids[0])
+			require.NoError(t, err)
+			require.Len(t, got.ErrorMessages, 1)
+			assert.Contains(t, got.ErrorMessages[0], apify.ErrHandlerAbandoned.Error())
+			assert.Contains(t, got.ErrorMessages[0], "HandlerTimeout (5s)")
 		})
 	})
 }
@@ -507,8 +524,13 @@ func TestConsumeShutdownReleasesPrefetchedAtOnce(t *testing.T) {
 			err   error
 		}
 		done := make(chan result, 1)
+		var n atomic.Int32
 		go func() {
 			stats, err := q.Consume(ctx, func(_ context.Context, req *apify.Request) error {
+				if n.Add(1) <= 20 {
+					time.Sleep(100 * time.Millisecond) // Consume measures the time a request takes
+					return nil
+				}
 				started <- req.ID
 				<-release // ignores ctx: drains within DrainTimeout
 				return nil
@@ -518,32 +540,35 @@ func TestConsumeShutdownReleasesPrefetchedAtOnce(t *testing.T) {
 		<-started
 		<-started
 		synctest.Wait()
-		require.Len(t, srv.LockedBy(q.ID(), "stopper"), 12, "2 running, 10 prefetched")
+		held := len(srv.LockedBy(q.ID(), "stopper"))
+		require.Greater(t, held, 2, "2 running, and some prefetched")
+		prefetched := held - 2
+		require.Len(t, srv.Handled(q.ID()), 20)
 
 		cancel()
 		synctest.Wait()
 		locked := srv.LockedBy(q.ID(), "stopper")
 		assert.Len(t, locked, 2, "only the running requests are still held")
 		pending := srv.Pending(q.ID())
-		assert.Len(t, pending, 98, "the prefetched ones are pending again, before the drain ends")
-		if assert.Len(t, pending, 98) {
+		assert.Len(t, pending, 78, "the prefetched ones are pending again, before the drain ends")
+		if assert.Len(t, pending, 78) {
 			var front []string
-			for _, st := range pending[:10] {
+			for _, st := range pending[:prefetched] {
 				front = append(front, st.ID)
 			}
 			// Released in parallel, each to the front: in some order.
-			assert.ElementsMatch(t, ids[2:12], front, "at the front of the queue, where they were")
+			assert.ElementsMatch(t, ids[22:22+prefetched], front, "at the front of the queue, where they were")
 		}
 
 		time.Sleep(10 * time.Second)
 		close(release)
 		res := <-done
 		require.ErrorIs(t, res.err, context.Canceled)
-		assert.Equal(t, 2, res.stats.Handled, "the drained handlers' results are recorded")
-		assert.Equal(t, 10, res.stats.ReleasedAtExit)
+		assert.Equal(t, 22, res.stats.Handled, "the drained handlers' results are recorded")
+		assert.Equal(t, prefetched, res.stats.ReleasedAtExit)
 		assert.Equal(t, totalCalls(srv), res.stats.APICalls, "APICalls counts the releases")
 		assert.Empty(t, srv.Locked(q.ID()))
-		assert.Len(t, srv.Handled(q.ID()), 2)
+		assert.Len(t, srv.Handled(q.ID()), 22)
 		assert.Len(t, started, 0, "no handler started after the shutdown began")
 	})
 }

@@ -1,0 +1,204 @@
+package apify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"slices"
+	"time"
+)
+
+// The workers: Concurrency goroutines, each taking leases in queue order,
+// fetching the request, running its handler in a goroutine of its own and
+// handing the result to the recorder. A worker never waits on a handler
+// longer than a grace after the handler's ctx ended: it abandons it and
+// takes the next request.
+
+// errHandlerGoexit is the failure of a handler that called runtime.Goexit
+// (t.FailNow, a failed require) instead of returning.
+var errHandlerGoexit = errors.New("handler called runtime.Goexit (t.FailNow or a failed require?) instead of returning")
+
+// work is one worker.
+func (c *consumer) work() {
+	for {
+		var l *lease
+		select {
+		case <-c.taking.Done():
+			return
+		case l = <-c.jobs:
+		}
+		c.busy.Add(1)
+		if !c.keeper.start(l) {
+			c.busy.Add(-1)
+			wake(c.wakeLocker) // room in jobs
+			continue           // released or lost while it waited
+		}
+		wake(c.wakeLocker) // one less waiting: time to lock more?
+		began := time.Now()
+		if c.process(l) {
+			c.flow.served(time.Since(began))
+		}
+		c.busy.Add(-1)
+		wake(c.wakeLocker)
+	}
+}
+
+// process runs the handler on one request and records its result. It
+// reports whether the handler ran (the time taken then measures a request).
+func (c *consumer) process(l *lease) bool {
+	if c.taking.Err() != nil {
+		c.unstartRunning(l) // stopping: start no new work
+		return false
+	}
+	req, ok := c.fetch(l)
+	if !ok {
+		return false
+	}
+	if c.taking.Err() != nil {
+		c.unstartRunning(l)
+		return false
+	}
+	orig := *req
+	orig.ErrorMessages = slices.Clone(req.ErrorMessages)
+	orig.UserData, orig.Payload, orig.Headers = slices.Clone(req.UserData), slices.Clone(req.Payload), slices.Clone(req.Headers)
+
+	herr, cause, abandoned := c.runHandler(l, req)
+	if abandoned {
+		c.abandon(l, &orig, cause)
+		return true
+	}
+	switch {
+	case l.lost():
+		return true // counted when lost; the request is someone else's now
+	case herr != nil && errors.Is(cause, ErrShuttingDown):
+		// Cut off by the shutdown, not a failure of the request: leave it
+		// locked for the final unlock, without spending a retry.
+		c.log.Info("apify: Consume: handler stopped by the shutdown; the request goes back to the queue", "queue", c.q.id, "request", l.id, "url", l.url)
+		c.keeper.finish(l)
+		return true
+	case herr != nil && errors.Is(cause, ErrHandlerTimeout) && !errors.Is(herr, ErrHandlerTimeout):
+		herr = fmt.Errorf("%w after %v: %w", ErrHandlerTimeout, c.o.HandlerTimeout, herr)
+	}
+	// The queue owns these fields; the handler's changes to them are ignored.
+	req.ID, req.UniqueKey, req.RetryCount, req.HandledAt = orig.ID, orig.UniqueKey, orig.RetryCount, time.Time{}
+	c.record(l, req, &orig, herr)
+	return true
+}
+
+// runHandler calls the handler in a goroutine of its own, with a ctx that
+// ends at HandlerTimeout, when the lease ends, or when the drain is over.
+// It returns what the handler returned and why its ctx ended (nil if it did
+// not), or abandoned when the handler had not returned a grace after its
+// ctx ended: the handler's goroutine is left running, and req (which it may
+// still be changing) must not be read.
+func (c *consumer) runHandler(l *lease, req *Request) (herr, cause error, abandoned bool) {
+	hctx, cancel := context.WithCancelCause(l.ctx)
+	defer cancel(nil)
+	timeout := time.AfterFunc(c.o.HandlerTimeout, func() { cancel(ErrHandlerTimeout) })
+	defer timeout.Stop()
+	stopDrain := context.AfterFunc(c.drain, func() { cancel(ErrShuttingDown) })
+	defer stopDrain()
+
+	done := make(chan error, 1) // never blocks the handler's goroutine, even abandoned
+	go c.call(hctx, req, done)
+	select {
+	case herr = <-done:
+		return herr, context.Cause(hctx), false
+	case <-hctx.Done():
+	}
+	cause = context.Cause(hctx)
+	grace := c.grace
+	if errors.Is(cause, ErrShuttingDown) {
+		grace = min(grace, c.o.ShutdownTimeout/2)
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case herr = <-done:
+		return herr, cause, false
+	case <-t.C:
+		return nil, cause, true
+	}
+}
+
+// call runs the handler and sends what it returned on done: its error, a
+// panic turned into an error, or errHandlerGoexit.
+func (c *consumer) call(ctx context.Context, req *Request, done chan<- error) {
+	var err error
+	returned := false
+	defer func() {
+		if p := recover(); p != nil {
+			c.log.Error("apify: Consume: handler panicked", "queue", c.q.id, "request", req.ID, "url", req.URL, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			err = fmt.Errorf("handler panicked: %v", p)
+		} else if !returned {
+			c.log.Error("apify: Consume: handler called runtime.Goexit", "queue", c.q.id, "request", req.ID, "url", req.URL)
+			err = errHandlerGoexit
+		}
+		done <- err
+	}()
+	err = c.h(ctx, req)
+	returned = true
+}
+
+// abandon gives up on a handler that did not return a grace after its ctx
+// ended. At HandlerTimeout its run is a failed attempt, recorded at once on
+// the request as read; after a lost lock there is nothing to record; at
+// shutdown the request is left to the final unlock.
+func (c *consumer) abandon(l *lease, orig *Request, cause error) {
+	c.abandoned.Add(1)
+	c.log.Error("apify: Consume: abandoned a handler that did not return after its ctx ended; its goroutine may still be running, and its result will be ignored",
+		"queue", c.q.id, "request", l.id, "url", l.url, "cause", cause, "grace", c.grace)
+	switch {
+	case errors.Is(cause, ErrHandlerTimeout) && !l.lost():
+		req := *orig
+		req.ErrorMessages = slices.Clone(orig.ErrorMessages)
+		err := fmt.Errorf("%w: it ran past HandlerTimeout (%v) and had not returned %v later", ErrHandlerAbandoned, c.o.HandlerTimeout, c.grace)
+		c.record(l, &req, orig, err)
+	case !l.lost():
+		c.keeper.finish(l) // shutting down: the final unlock releases it
+	}
+}
+
+// fetch gets the whole request under the lease, retrying transient failures
+// while the lease holds. It reports false when the request must not run:
+// the lock was lost, the request is gone or handled, or taking ended (the
+// request is then given back).
+func (c *consumer) fetch(l *lease) (*Request, bool) {
+	for attempt := 0; ; attempt++ {
+		ctx, cancel, ok := l.callCtx(c.margin)
+		if !ok {
+			c.keeper.lose(l, "the lock is about to expire before the request could be read", nil)
+			return nil, false
+		}
+		c.calls.Add(1)
+		req, err := c.q.GetRequest(ctx, l.id)
+		cancel()
+		switch {
+		case err == nil && !req.HandledAt.IsZero():
+			c.log.Warn("apify: Consume: a locked request was already handled; skipped", "queue", c.q.id, "request", l.id)
+			c.keeper.finish(l)
+			return nil, false
+		case err == nil:
+			return req, true
+		case l.ctx.Err() != nil:
+			return nil, false // lost, or the consumer's end
+		case c.taking.Err() != nil:
+			c.unstartRunning(l)
+			return nil, false
+		case errors.Is(err, ErrNotFound):
+			c.log.Warn("apify: Consume: a locked request is gone (deleted?); skipped", "queue", c.q.id, "request", l.id, "error", err)
+			c.keeper.finish(l)
+			return nil, false
+		case queueUnusable(err):
+			c.unstartRunning(l)
+			c.setFatal(err)
+			return nil, false
+		}
+		c.transient("get request", err)
+		if !sleepCtx(c.taking, c.backoff(attempt, err)) {
+			c.unstartRunning(l)
+			return nil, false
+		}
+	}
+}
