@@ -194,7 +194,9 @@
 //     it stopped.
 //   - Batches take 0 to 25 requests. A uniqueKey repeated within a batch add
 //     is reported wasAlreadyPresent; deleting a request that does not exist
-//     counts as processed.
+//     counts as processed. A batch add with forefront=true puts its new
+//     requests at the front of the queue in the batch's order (its first
+//     request first), as a batch at the back keeps it.
 //   - Listing (GET .../requests) returns requests in the order they were
 //     added; its cursor is opaque. filter=locked is requests with a live
 //     lock, filter=pending those neither locked nor handled.
