@@ -255,9 +255,10 @@ func (fs *faults) release() {
 	}
 }
 
-// FailNext makes the next n calls to op fail as f says, then lets calls
-// through again. Faults queue up: after the n calls of one FailNext, the
-// calls of the next FailNext on the same op fail. A call is offered to the
+// FailNext gives the fault f to the next n calls to op (failing, holding or
+// losing the answer of each as f says), then lets calls through again.
+// Faults queue up: after the n calls of one FailNext, the calls of the next
+// FailNext on the same op get its fault. A call is offered to the
 // first queued fault that targets it (see Fault.RequestID); one that
 // Fault.Every passes by goes on to the faults of [Server.InjectFault], and
 // only the calls that get the fault count toward n. n = 0 does nothing.
