@@ -29,7 +29,9 @@ type AddedRequest struct {
 // BatchAddResult is the result of [RequestQueueClient.BatchAddRequests].
 type BatchAddResult struct {
 	// Processed are the requests the queue took (or already had), in the
-	// order they were sent.
+	// caller's order chunk by chunk (whatever order the chunks were sent
+	// in); within a chunk, those sent again after the API left them
+	// unprocessed come after the rest.
 	Processed []AddedRequest `json:"processedRequests"`
 	// Unprocessed are the requests given to BatchAddRequests, whole and in
 	// their order, that it could not add. Empty when the call returns no error.
@@ -39,9 +41,19 @@ type BatchAddResult struct {
 // BatchAddRequests adds any number of requests, [MaxBatchSize] per call, in
 // their order. When the API reports requests unprocessed (it does so when
 // rate limited or after an internal failure), it sends those again, the
-// same requests with everything they carry, after a backoff (the Client's
+// same requests with the same options, after a backoff (the Client's
 // retry waits), up to as many rounds as the Client makes attempts, never
-// past ctx's deadline. Each call is retried like AddRequest.
+// past ctx's deadline, before it sends the next chunk. Each call is
+// retried like AddRequest.
+//
+// The queue gets the requests in the caller's order: at its back, or with
+// opts.Forefront at its front, where the queue's head then reads them as
+// given, the first one first, before what the queue held. Each forefront
+// batch goes in front of what the queue holds, keeping its own order (Apify
+// does not document the order within a batch; apifytest keeps it), so with
+// Forefront the chunks are sent last first. Chunks always keep their
+// order; within a chunk the API processed only in part, the requests sent
+// again end up behind (with Forefront, in front of) the rest of that chunk.
 //
 // Every request is checked before any I/O; a bad one is reported by its
 // index ("request 3 of 60 has no URL"), wrapping [ErrInvalidInput].
@@ -67,7 +79,8 @@ func (q *RequestQueueClient) BatchAddRequests(ctx context.Context, reqs []Reques
 	if err := validateClientKey(opts.ClientKey); err != nil {
 		return nil, err
 	}
-	b := batcher{q: q, ep: q.endpoint("/requests/batch"), method: http.MethodPost, query: opts.query(), total: len(reqs)}
+	b := batcher{q: q, ep: q.endpoint("/requests/batch"), method: http.MethodPost, query: opts.query(), total: len(reqs),
+		lastFirst: opts.Forefront}
 	done, left, err := runBatches(ctx, b, reqs, q.batchAddOnce)
 	return &BatchAddResult{Processed: done, Unprocessed: left}, err
 }
@@ -191,38 +204,58 @@ func (q *RequestQueueClient) batchDeleteOnce(ctx context.Context, b batcher, sen
 	return *data.Processed, data.Unprocessed, nil
 }
 
-// runBatches sends items MaxBatchSize at a time, in order, with send, and
-// sends again what send reports unprocessed, after a backoff, up to
-// b.rounds() times per chunk. Every item ends up in processed (as send
-// reports it) or in unprocessed; err is nil only when unprocessed is empty.
+// runBatches sends items in chunks of MaxBatchSize with send, in order or,
+// with b.lastFirst, last chunk first, and sends again what send reports
+// unprocessed, after a backoff, up to b.rounds() times per chunk, before it
+// goes on to the next chunk. Every item ends up in processed (as send
+// reports it) or in unprocessed, both in the order of items chunk by chunk,
+// whatever order the chunks went in; err is nil only when unprocessed is
+// empty. After a failed call, the chunk's pending items and every chunk
+// not yet sent are unprocessed.
 func runBatches[T, P any](ctx context.Context, b batcher, items []T,
 	send func(context.Context, batcher, []T) (done []P, again []T, err error)) (processed []P, unprocessed []T, err error) {
-	processed, unprocessed = make([]P, 0, len(items)), []T{}
-	for start := 0; start < len(items); start += MaxBatchSize {
-		end := min(start+MaxBatchSize, len(items))
-		pending := items[start:end]
-		for round := 0; len(pending) > 0; round++ {
+	n := (len(items) + MaxBatchSize - 1) / MaxBatchSize
+	chunk := func(i int) []T { return items[i*MaxBatchSize : min((i+1)*MaxBatchSize, len(items))] }
+	done, left := make([][]P, n), make([][]T, n)
+	var cause error
+	for k := range n {
+		i := k
+		if b.lastFirst {
+			i = n - 1 - k
+		}
+		pending := chunk(i)
+		for round := 0; len(pending) > 0 && round < b.rounds(); round++ {
 			if round > 0 {
-				if err := b.wait(ctx, round); err != nil {
-					unprocessed = append(append(unprocessed, pending...), items[end:]...)
-					return processed, unprocessed, b.err(len(unprocessed), err)
+				if cause = b.wait(ctx, round); cause != nil {
+					break
 				}
 			}
-			done, again, err := send(ctx, b, pending)
+			d, again, err := send(ctx, b, pending)
 			if err != nil {
-				unprocessed = append(append(unprocessed, pending...), items[end:]...)
-				return processed, unprocessed, b.err(len(unprocessed), err)
-			}
-			processed = append(processed, done...)
-			pending = again
-			if round+1 >= b.rounds() {
-				unprocessed = append(unprocessed, pending...)
+				cause = err // what was sent stays pending
 				break
 			}
+			done[i], pending = append(done[i], d...), again
+		}
+		left[i] = pending
+		if cause != nil {
+			for rest := k + 1; rest < n; rest++ { // the chunks not yet sent
+				i := rest
+				if b.lastFirst {
+					i = n - 1 - rest
+				}
+				left[i] = chunk(i)
+			}
+			break
 		}
 	}
+	processed, unprocessed = make([]P, 0, len(items)), []T{}
+	for i := range n {
+		processed = append(processed, done[i]...)
+		unprocessed = append(unprocessed, left[i]...)
+	}
 	if len(unprocessed) > 0 {
-		return processed, unprocessed, b.err(len(unprocessed), nil)
+		return processed, unprocessed, b.err(len(unprocessed), cause)
 	}
 	return processed, unprocessed, nil
 }
@@ -234,6 +267,9 @@ type batcher struct {
 	method string
 	query  string
 	total  int
+	// lastFirst sends the last chunk first: each forefront batch goes in
+	// front of the one before it, so the first chunk must go last.
+	lastFirst bool
 }
 
 // send makes one batch call with items as its JSON body.

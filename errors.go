@@ -29,9 +29,9 @@ var (
 	// ErrNotFound matches a 404 response: no such queue or request.
 	ErrNotFound = errors.New("not found")
 	// ErrRateLimited matches a 429 response: the last answer when the
-	// retries ran out, or the one that was to be retried when the context
-	// ended, or would have ended, before the next attempt (its Retry-After,
-	// clamped to the retry waits, outlasting the deadline). In the second
+	// retries ran out, or the one that was being retried when the context
+	// ended, or would have ended, before the next attempt answered (its
+	// Retry-After, clamped to the retry waits, outlasting the deadline, say). In the second
 	// case the error is a *RequestError that also matches
 	// context.DeadlineExceeded (or context.Canceled).
 	ErrRateLimited = errors.New("rate limited")
@@ -49,7 +49,9 @@ var (
 	// undecodable body, or a redirect (redirects are never followed).
 	ErrUnexpectedResponse = errors.New("unexpected response")
 	// ErrAttemptTimeout matches a call whose last attempt was cut off by the
-	// per-attempt timeout ([WithTimeout]).
+	// per-attempt timeout ([WithTimeout]), and, like any failure being
+	// retried, a call whose context ended while it retried such an attempt
+	// (see [RequestError]).
 	ErrAttemptTimeout = errors.New("attempt timed out")
 )
 
@@ -68,7 +70,10 @@ type APIError struct {
 	// Method and Path are the request's, Path as sent (escaped, without the query).
 	Method string
 	Path   string
-	// Attempts is how many attempts the call made, retries included.
+	// Attempts is how many attempts the call made, retries included. In
+	// the Last of a [RequestError] it is the RequestError's Attempts: an
+	// attempt the context cut off counts, though this response came from
+	// the one before it.
 	Attempts int
 	// RetryAfter is the response's Retry-After header, 0 when it had none.
 	RetryAfter time.Duration
@@ -138,19 +143,30 @@ func (e *APIError) Temporary() bool { return retryableStatus(e.StatusCode) }
 // A call whose next retry would have to wait past the context's deadline does
 // not sleep into it: it returns at once, with Err set to
 // context.DeadlineExceeded, just as if the deadline had passed during the
-// wait. Then, and when the context ended during a wait, Last is the *APIError
-// of the response that was to be retried (nil after a network failure), so
-// one error satisfies both errors.Is(err, context.DeadlineExceeded) and
-// errors.As(err, &apiErr), with the status, Type, RetryAfter and Attempts of
-// the last response. When the failure being retried was a network error
-// instead, that error is in the chain (errors.Is(err, syscall.ECONNREFUSED)
-// holds, say) and in the text.
+// wait. A context that ends during a retry's wait, or during the attempt
+// that follows it, gives the same error: wherever the deadline lands, Last
+// is the *APIError of the last response that was being retried (nil after a
+// network failure), so one error satisfies both errors.Is(err,
+// context.DeadlineExceeded) and errors.As(err, &apiErr), with the status,
+// Type and RetryAfter of the last response. When the failure being retried
+// was a network error instead, that error is in the chain (errors.Is(err,
+// syscall.ECONNREFUSED) holds, say) and in the text. Only a context that
+// ends during the first attempt leaves nothing but Err to report.
+//
+// Attempts counts every attempt the call started, one the context cut off
+// included, and Last.Attempts says the same, so neither depends on where
+// the deadline landed.
 type RequestError struct {
-	Method   string
-	Path     string // as sent, escaped, without the query
+	Method string
+	Path   string // as sent, escaped, without the query
+	// Attempts is how many attempts the call started.
 	Attempts int
-	Err      error
-	Last     *APIError
+	// Err is the cause: the context's error, a network error, or an
+	// attempt timeout (see [ErrAttemptTimeout]).
+	Err error
+	// Last is the last response that was being retried when the context
+	// ended; nil when there was none.
+	Last *APIError
 
 	lastErr error // the network failure that was to be retried when the ctx ended
 }

@@ -490,7 +490,14 @@ func faultCases() []faultCase {
 			behave: func(s *rawServer, _ *net.TCPConn, _ *http.Request, _ int) bool { s.hang(); return false },
 			check: func(t *testing.T, err error) {
 				assert.ErrorIs(t, err, context.DeadlineExceeded)
-				assert.NotErrorIs(t, err, ErrAttemptTimeout, "the caller's deadline, not an attempt's, ended the call")
+				var reqErr *RequestError
+				require.ErrorAs(t, err, &reqErr)
+				assert.Equal(t, context.DeadlineExceeded, reqErr.Err, "the caller's deadline, not an attempt's, ended the call")
+				// The deadline cut the retry short: the first attempt's
+				// timeout, the failure being retried, is reported with it.
+				assert.ErrorIs(t, err, ErrAttemptTimeout)
+				assert.Contains(t, err.Error(), ": context deadline exceeded (")
+				assert.True(t, strings.HasSuffix(err.Error(), "last error: attempt timed out after 300ms)"), err.Error())
 			},
 		},
 	}

@@ -29,12 +29,16 @@ type call struct {
 	ctx context.Context
 	req apiRequest
 
-	attempts int            // attempts started so far
-	start    time.Time      // when the current attempt started (only kept for logging)
-	reason   string         // why the last attempt is being retried
-	wait     time.Duration  // the wait before the next attempt, drawn by checkRetry for backoff
-	last     *http.Response // the last retried response (body read), for a ctx that ends during the wait
-	lastErr  error          // or the last retried network failure, likewise
+	attempts int           // attempts started so far
+	start    time.Time     // when the current attempt started (only kept for logging)
+	reason   string        // why the last attempt is being retried
+	wait     time.Duration // the wait before the next attempt, drawn by checkRetry for backoff
+	// The last failure retried: its response (body read) or its network
+	// error. It is reported when the ctx ends before the call has anything
+	// newer to show, during the wait or during the next attempt alike, so
+	// that where the deadline lands does not change the error.
+	last    *http.Response
+	lastErr error
 
 	// For a call that must not be repeated once the API may have seen it:
 	// whether net/http asked for a connection for the current attempt
@@ -95,9 +99,8 @@ func (cl *call) beforeAttempt(_ retryablehttp.Logger, _ *http.Request, retry int
 	cl.attempts = retry + 1
 	cl.connAsked.Store(false)
 	cl.connGot.Store(false)
-	// What the call was waiting to retry is history once it retries: a ctx
-	// that ends during this attempt ended this attempt, not the wait.
-	cl.last, cl.lastErr = nil, nil
+	// cl.last and cl.lastErr stay: until this attempt has an answer, the
+	// failure being retried is the newest thing the call has to report.
 	if cl.c.logger != nil {
 		cl.start = time.Now()
 	}
@@ -116,9 +119,13 @@ func (cl *call) checkRetry(ctx context.Context, resp *http.Response, err error) 
 		return false, nil // a success, a final error, or a response that must not be repeated
 	}
 	if ctxErr := ctx.Err(); ctxErr != nil {
-		return false, ctxErr // never retry for a caller that has gone
+		// Never retry for a caller that has gone. A response that came
+		// anyway is reported by requestError; a failure without one is the
+		// ctx cutting the attempt off, so the failure retried before it
+		// (cl.last, cl.lastErr) stays the one to report.
+		return false, ctxErr
 	}
-	cl.last, cl.lastErr = resp, err // reported only if the ctx ends (or would end) during the wait
+	cl.last, cl.lastErr = resp, err // reported only if the ctx ends (or would end) before the next answer
 	if cl.attempts > cl.c.maxRetries {
 		return false, nil // no retries left: the last failure is the result
 	}
@@ -193,7 +200,11 @@ func (cl *call) apiError(resp *http.Response, body []byte) *APIError {
 }
 
 // requestError builds the error of a call that ended without a usable
-// response. resp, when not nil, is the last attempt's response.
+// response. resp, when not nil, is the last attempt's response. When the
+// ctx ended without one, the failure that was being retried is reported
+// with it, whether the ctx ended during the wait or during the attempt
+// after it; its *APIError, like the RequestError, counts every attempt
+// started (cl.attempts), the one the ctx cut off included.
 func (cl *call) requestError(err error, resp *http.Response, body []byte) error {
 	re := &RequestError{
 		Method:   cl.req.method,

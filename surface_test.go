@@ -493,7 +493,7 @@ func TestBatchAddRequests(t *testing.T) {
 		f, c, _ := setup(t, []reply{
 			batchReply(keysOf(reqs[:25])), batchReply(keysOf(reqs[25:50])), batchReply(keysOf(reqs[50:])),
 		})
-		res, err := c.RequestQueue("q").BatchAddRequests(ctx, reqs, RequestOptions{ClientKey: "ck", Forefront: true})
+		res, err := c.RequestQueue("q").BatchAddRequests(ctx, reqs, RequestOptions{ClientKey: "ck"})
 		require.NoError(t, err)
 		require.Len(t, res.Processed, 60)
 		assert.Equal(t, "id-k59", res.Processed[59].RequestID)
@@ -501,9 +501,10 @@ func TestBatchAddRequests(t *testing.T) {
 		sent := f.requests()
 		require.Len(t, sent, 3)
 		for i, want := range [][]Request{reqs[:25], reqs[25:50], reqs[50:]} {
-			assert.Equal(t, testPrefix+"/v2/request-queues/q/requests/batch?clientKey=ck&forefront=true", sent[i].RequestURI)
+			assert.Equal(t, testPrefix+"/v2/request-queues/q/requests/batch?clientKey=ck", sent[i].RequestURI)
 			assert.Equal(t, keysOf(want), sentKeys(t, sent[i]))
 		}
+		// With Forefront: TestBatchAddForefrontOnTheWire.
 	})
 
 	t.Run("unprocessed requests are sent again whole", func(t *testing.T) {

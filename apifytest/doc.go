@@ -58,12 +58,35 @@
 // token makes its caller count as inside that Actor run: the locks it takes
 // belong to the run too.
 //
-// # Testing retries and time
+// # Testing retries, slow APIs and time
 //
-// [Server.FailNext] makes the next n calls of an [Operation] fail with a
-// chosen status, error type and Retry-After, or drop the connection;
-// [Server.Calls] counts the calls an operation received. [WithClock] with a
-// [ManualClock] moves time only when the test says so.
+// [Server.FailNext] makes the next n calls of an [Operation] fail as a
+// [Fault] says; [Server.InjectFault] does so for every call until removed.
+// A Fault can
+//
+//   - answer with a chosen status, error type and Retry-After (Status);
+//   - drop the connection without serving the call (DropConnection);
+//   - hold the call for a while before anything else happens to it
+//     (Delay): alone, it makes a slow API, whose calls are served after the
+//     delay with the clock read then, so locks expire counting from the
+//     end of the delay;
+//   - never answer (Hang): the call is held until the caller gives up or
+//     the server is closed, and nothing is done;
+//   - serve the call, making its changes, and then drop the connection
+//     before the answer (DropResponse): a lost answer, which the SDK
+//     retries when the call is idempotent, and whose retry finds the new
+//     state (an add already present, a lock already gone).
+//
+// A Fault can be aimed at the calls on one request (RequestID) and at one
+// call in n (Every), so a chaos test can, say, lose every 7th head/lock
+// answer or hang one request's prolongs, deterministically. A call gets
+// one fault at most: FailNext's first, then InjectFault's in the order
+// injected. A Delay or a Hang ends when the caller's request context ends
+// (a client timeout, a closed connection) or the server is closed; it is
+// waited in real time, which is fake time inside a testing/synctest bubble
+// (with [NewUnstartedServer] and its in-memory Client). [Server.Calls]
+// counts the calls an operation received, faulted and held ones included.
+// [WithClock] with a [ManualClock] moves time only when the test says so.
 //
 // # Rate limits
 //
@@ -194,7 +217,9 @@
 //     it stopped.
 //   - Batches take 0 to 25 requests. A uniqueKey repeated within a batch add
 //     is reported wasAlreadyPresent; deleting a request that does not exist
-//     counts as processed.
+//     counts as processed. A batch add with forefront=true puts its new
+//     requests at the front of the queue in the batch's order (its first
+//     request first), as a batch at the back keeps it.
 //   - Listing (GET .../requests) returns requests in the order they were
 //     added; its cursor is opaque. filter=locked is requests with a live
 //     lock, filter=pending those neither locked nor handled.
@@ -245,9 +270,10 @@
 //     a Referer, gives 403 insufficient-permissions too: from a browser,
 //     use the emulator's IP address or localhost.
 //   - Time is UTC with millisecond precision; a lock has expired from its
-//     lockExpiresAt on. Each call reads the clock once, when it arrives,
-//     and all of it (expiring locks, the new expiry, timestamps, the rate
-//     limit) happens at that instant. Injected faults answer before
-//     authentication and before any state changes. Rate limits are modelled only with
+//     lockExpiresAt on. Each call reads the clock once, when it arrives
+//     (after an injected Delay), and all of it (expiring locks, the new
+//     expiry, timestamps, the rate limit) happens at that instant. Injected
+//     faults that fail a call answer before authentication and before any
+//     state changes. Rate limits are modelled only with
 //     [WithRateLimits] (see Rate limits); FailNext injects any other 429.
 package apifytest

@@ -131,3 +131,28 @@ func ExampleWithRateLimits() {
 	// 201 Created; X-RateLimit-Limit 2; Retry-After ""
 	// refused: 1
 }
+
+// A flaky network between a crawler and the API: the answer of every 2nd
+// add is lost after the request was added. The SDK retries the call, and
+// the retry finds the request already there.
+func ExampleServer_InjectFault() {
+	srv := apifytest.NewUnstartedServer() // its Client serves it in memory
+	defer srv.Close()
+	queueID := srv.CreateQueue("crawl")
+	remove := srv.InjectFault(apifytest.OpAddRequest, apifytest.Fault{DropResponse: true, Every: 2})
+	defer remove()
+
+	q := srv.Client().RequestQueue(queueID)
+	for _, u := range []string{"https://example.com/a", "https://example.com/b"} {
+		reg, err := q.AddRequest(context.Background(), apify.Request{URL: u, UniqueKey: u}, apify.RequestOptions{})
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(u, "was already present:", reg.WasAlreadyPresent)
+	}
+	fmt.Println("calls:", srv.Calls(apifytest.OpAddRequest), "requests:", len(srv.Requests(queueID)))
+	// Output:
+	// https://example.com/a was already present: false
+	// https://example.com/b was already present: true
+	// calls: 3 requests: 2
+}

@@ -1,10 +1,17 @@
 package apifytest
 
 import (
+	"bytes"
+	"context"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // Operation names an API operation by the operationId of Apify's OpenAPI
@@ -51,8 +58,21 @@ func knownOperation(op Operation) bool {
 	return false
 }
 
-// Fault is how an injected failure answers a call, before the call is
-// authenticated or touches any state.
+// onOneRequest lists the operations whose path names one request
+// ({requestId}), which a Fault's RequestID can target.
+var onOneRequest = []Operation{OpGetRequest, OpUpdateRequest, OpDeleteRequest, OpProlongRequestLock, OpDeleteRequestLock}
+
+// Fault is what an injected fault does to a call ([Server.FailNext],
+// [Server.InjectFault]): fail it with an error status, drop its connection,
+// hold it for a while (Delay) or for ever (Hang), or serve it and lose the
+// answer (DropResponse). A Fault must do at least one of these. A failing
+// Fault answers before the call is authenticated or touches any state; a
+// Delay alone and DropResponse let the call be served as usual.
+//
+// Delay combines with Status, DropConnection or DropResponse (the delay
+// comes first); Hang combines with nothing but the targeting fields
+// (RequestID, Every); DropResponse does not combine with Status or
+// DropConnection.
 type Fault struct {
 	// Status is the response's status, 400 to 599.
 	Status int
@@ -63,39 +83,142 @@ type Fault struct {
 	// RetryAfter is the raw Retry-After header value ("" sends none).
 	RetryAfter string
 	// DropConnection closes the connection without any response (Status
-	// and the other fields are ignored). The handler hijacks the
-	// connection when it can and otherwise panics with http.ErrAbortHandler,
-	// which net/http servers turn into a dropped connection or stream.
+	// and the other fields are ignored): the call is not served. The
+	// handler hijacks the connection when it can and otherwise panics with
+	// http.ErrAbortHandler, which net/http servers turn into a dropped
+	// connection or stream, and an unstarted server's Client into
+	// io.ErrUnexpectedEOF.
 	DropConnection bool
+
+	// Delay holds the call this long before anything else happens to it.
+	// Then the call fails as the other fields say or, when they say
+	// nothing, is served as usual, reading the server's clock after the
+	// delay: a lock it takes or prolongs expires lockSecs after the delay
+	// ended, as it would for a call that arrived late. The delay is
+	// waited in real time (fake time inside a testing/synctest bubble),
+	// whatever the server's [Clock]. It ends early, and the call is not
+	// served at all, when the caller gives up (the request's context
+	// ends: the client's timeout, a closed connection) or the server is
+	// closed (which drops the connection).
+	Delay time.Duration
+	// Hang never answers the call and does nothing with it: it is held
+	// until the caller gives up (the request's context ends) or the server
+	// is closed, which drops the connection.
+	Hang bool
+	// DropResponse serves the call fully, making its changes, then drops
+	// the connection instead of sending the answer: the work is done, but
+	// the caller sees a connection closed before any response (an
+	// unstarted server's Client, io.ErrUnexpectedEOF), as when a proxy or
+	// the network loses an answer. The SDK retries such a call when it is
+	// idempotent, and the retry finds the new state. Over HTTP, net/http
+	// itself re-sends a GET whose reused keep-alive connection closes
+	// before any answer, so the SDK may never see a lost GET answer.
+	DropResponse bool
+
+	// RequestID, when set, limits the fault to calls on the request with
+	// this ID (the {requestId} of the path): calls on other requests pass
+	// by, neither faulted nor counted. Only the operations on one request
+	// take it: OpGetRequest, OpUpdateRequest, OpDeleteRequest,
+	// OpProlongRequestLock and OpDeleteRequestLock.
+	RequestID string
+	// Every gives the fault to one call in Every of those that reach it
+	// (the Every-th, the 2·Every-th, and so on, counted from when it was
+	// injected); the others pass by. 0 and 1 mean every call.
+	Every int
 }
 
-type pendingFault struct {
-	n int
-	f Fault
+// does reports whether f does anything to a call.
+func (f Fault) does() bool {
+	return f.Status != 0 || f.DropConnection || f.Delay > 0 || f.Hang || f.DropResponse
 }
+
+// check panics, naming fn, when op is unknown or f is not a fault one can
+// inject on op.
+func (f Fault) check(fn string, op Operation) {
+	fail := func(format string, args ...any) {
+		panic(fmt.Sprintf("apifytest: %s: ", fn) + fmt.Sprintf(format, args...))
+	}
+	switch {
+	case !knownOperation(op):
+		fail("unknown operation %q", op)
+	case f.Delay < 0:
+		fail("Fault.Delay is %v; it must not be negative", f.Delay)
+	case f.Every < 0:
+		fail("Fault.Every is %d; it must not be negative (0 and 1 mean every call)", f.Every)
+	case f.RequestID != "" && !slices.Contains(onOneRequest, op):
+		fail("Fault.RequestID is set, but %s does not name a request; RequestID targets calls of %v", op, onOneRequest)
+	case !f.does():
+		fail("the Fault does nothing: give it a Status (400 to 599), DropConnection, DropResponse, Hang or a Delay")
+	case f.Hang && (f.Status != 0 || f.DropConnection || f.DropResponse || f.Delay != 0):
+		fail("Fault.Hang never answers, so Status, DropConnection, DropResponse and Delay cannot go with it")
+	case f.DropResponse && (f.Status != 0 || f.DropConnection):
+		fail("Fault.DropResponse serves the call and loses its answer, so Status and DropConnection cannot go with it")
+	case f.Status != 0 && !f.DropConnection && (f.Status < 400 || f.Status > 599):
+		fail("Fault.Status %d is not an error status (400 to 599); set DropConnection to drop the connection", f.Status)
+	}
+}
+
+// injected is one fault given by FailNext or InjectFault.
+type injected struct {
+	f    Fault
+	left int // FailNext: how many more calls it fails
+	seen int // the calls that reached it and matched its RequestID, for Every
+}
+
+// offer shows a call on requestID to the fault: matched says the fault
+// counts it, give that it is the call's turn to get the fault.
+func (in *injected) offer(requestID string) (matched, give bool) {
+	if in.f.RequestID != "" && in.f.RequestID != requestID {
+		return false, false
+	}
+	in.seen++
+	return true, in.f.Every <= 1 || in.seen%in.f.Every == 0
+}
+
+// pendingFault is a fault FailNext queued.
+type pendingFault = *injected
 
 // faults counts calls and holds the injected faults, per operation.
 type faults struct {
-	mu      sync.Mutex
-	calls   map[Operation]int
-	limited map[Operation]int // calls refused by the rate-limit model
-	pending map[Operation][]pendingFault
+	mu       sync.Mutex
+	calls    map[Operation]int
+	limited  map[Operation]int // calls refused by the rate-limit model
+	pending  map[Operation][]pendingFault
+	standing map[Operation][]*injected // InjectFault's, in the order injected
+	closed   chan struct{}             // closed by release: the server is closing
+	held     atomic.Int64              // calls being held by a Delay or a Hang
 }
 
-// next records a call to op and returns the fault it must fail with, if any.
-func (fs *faults) next(op Operation) (Fault, bool) {
+// next records a call to op, on the request requestID ("" for none), and
+// returns the fault it gets, if any. A call gets at most one: FailNext's
+// faults form a queue, and the call is offered to the first of them that
+// targets it; when that one passes it by (Every), or none targets it, the
+// call is offered to InjectFault's faults in the order they were injected,
+// until one gives it its fault.
+func (fs *faults) next(op Operation, requestID string) (Fault, bool) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	fs.calls[op]++
 	q := fs.pending[op]
-	if len(q) == 0 {
-		return Fault{}, false
+	for i, in := range q {
+		matched, give := in.offer(requestID)
+		if !matched {
+			continue
+		}
+		if give {
+			if in.left--; in.left == 0 {
+				fs.pending[op] = slices.Delete(q, i, i+1)
+			}
+			return in.f, true
+		}
+		break
 	}
-	f := q[0].f
-	if q[0].n--; q[0].n == 0 {
-		fs.pending[op] = q[1:]
+	for _, in := range fs.standing[op] {
+		if _, give := in.offer(requestID); give {
+			return in.f, true
+		}
 	}
-	return f, true
+	return Fault{}, false
 }
 
 // countLimited records a call to op refused by the rate-limit model.
@@ -105,12 +228,44 @@ func (fs *faults) countLimited(op Operation) {
 	fs.limited[op]++
 }
 
-// FailNext makes the next n calls to op fail as f says, then lets calls
-// through again. Faults queue up: after the n calls of one FailNext, the
-// calls of the next FailNext on the same op fail. n = 0 does nothing.
+// closing returns the channel release closes.
+func (fs *faults) closing() <-chan struct{} {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return fs.closingLocked()
+}
+
+func (fs *faults) closingLocked() chan struct{} {
+	if fs.closed == nil {
+		fs.closed = make(chan struct{})
+	}
+	return fs.closed
+}
+
+// release ends every Delay and Hang, now and from now on: the server is
+// closing. It may be called more than once.
+func (fs *faults) release() {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	ch := fs.closingLocked()
+	select {
+	case <-ch:
+	default:
+		close(ch)
+	}
+}
+
+// FailNext gives the fault f to the next n calls to op (failing, holding or
+// losing the answer of each as f says), then lets calls through again.
+// Faults queue up: after the n calls of one FailNext, the calls of the next
+// FailNext on the same op get its fault. A call is offered to the
+// first queued fault that targets it (see Fault.RequestID); one that
+// Fault.Every passes by goes on to the faults of [Server.InjectFault], and
+// only the calls that get the fault count toward n. n = 0 does nothing.
 //
-// It panics on an unknown op, a negative n, or a Fault that neither drops
-// the connection nor has a Status from 400 to 599.
+// It panics on an unknown op, a negative n, or a Fault that does nothing
+// or cannot be (a Status outside 400 to 599, Hang with anything that
+// answers, a RequestID on an operation that names no request).
 func (s *Server) FailNext(op Operation, n int, f Fault) {
 	switch {
 	case !knownOperation(op):
@@ -119,31 +274,139 @@ func (s *Server) FailNext(op Operation, n int, f Fault) {
 		panic(fmt.Sprintf("apifytest: FailNext: n is %d; it must not be negative", n))
 	case n == 0:
 		return
-	case !f.DropConnection && (f.Status < 400 || f.Status > 599):
-		panic(fmt.Sprintf("apifytest: FailNext: Fault.Status %d is not an error status (400 to 599); set DropConnection to drop the connection", f.Status))
 	}
+	f.check("FailNext", op)
 	s.faults.mu.Lock()
 	defer s.faults.mu.Unlock()
-	s.faults.pending[op] = append(s.faults.pending[op], pendingFault{n: n, f: f})
+	s.faults.pending[op] = append(s.faults.pending[op], &injected{f: f, left: n})
 }
 
-// Calls returns how many calls op has received, failed ones included.
+// InjectFault gives f to every call to op that it targets (see
+// Fault.RequestID and Fault.Every) until remove is called: for example a
+// delay on every prolong, or the answer of every 7th head/lock lost.
+// FailNext's faults come first: a call one of them fails is not offered to
+// InjectFault's. When several InjectFault faults target a call, the first
+// injected whose turn it is gives it its fault (a call gets one fault at
+// most); each counts, for Every, the calls that reach it. remove may be
+// called more than once, from any goroutine; calls being held by f's Delay
+// or Hang stay held.
+//
+// It panics on an unknown op or a Fault that FailNext would refuse.
+func (s *Server) InjectFault(op Operation, f Fault) (remove func()) {
+	f.check("InjectFault", op)
+	in := &injected{f: f}
+	s.faults.mu.Lock()
+	defer s.faults.mu.Unlock()
+	if s.faults.standing == nil {
+		s.faults.standing = map[Operation][]*injected{}
+	}
+	s.faults.standing[op] = append(s.faults.standing[op], in)
+	return func() {
+		s.faults.mu.Lock()
+		defer s.faults.mu.Unlock()
+		s.faults.standing[op] = slices.DeleteFunc(s.faults.standing[op], func(x *injected) bool { return x == in })
+	}
+}
+
+// Calls returns how many calls op has received, faulted and held ones
+// included (a call counts when it arrives).
 func (s *Server) Calls(op Operation) int {
 	s.faults.mu.Lock()
 	defer s.faults.mu.Unlock()
 	return s.faults.calls[op]
 }
 
+// inject treats a call of op with its fault f; serve serves the call as
+// usual, writing to the ResponseWriter it is given.
+func (fs *faults) inject(w http.ResponseWriter, r *http.Request, op Operation, f Fault, serve func(http.ResponseWriter)) {
+	if f.Delay > 0 || f.Hang {
+		fs.held.Add(1)
+		defer fs.held.Add(-1)
+		readBodyFirst(r)
+		switch fs.hold(r.Context(), f) {
+		case callerGone:
+			return // nobody to answer, nothing done
+		case serverClosing:
+			dropConnection(w)
+			return
+		}
+	}
+	switch {
+	case f.DropConnection:
+		dropConnection(w)
+	case f.Status != 0:
+		serveFault(w, op, f)
+	case f.DropResponse:
+		serve(httptest.NewRecorder())
+		dropConnection(w)
+	default: // a delay alone
+		serve(w)
+	}
+}
+
+// holdEnd is how a Delay or a Hang ended.
+type holdEnd int
+
+const (
+	delayOver holdEnd = iota
+	callerGone
+	serverClosing
+)
+
+// hold waits out f's Delay, or for ever with Hang, until ctx (the call's)
+// ends or the server closes.
+func (fs *faults) hold(ctx context.Context, f Fault) holdEnd {
+	var over <-chan time.Time
+	if !f.Hang {
+		t := time.NewTimer(f.Delay)
+		defer t.Stop()
+		over = t.C
+	}
+	select {
+	case <-over:
+		return delayOver
+	case <-ctx.Done():
+		return callerGone
+	case <-fs.closing():
+		return serverClosing
+	}
+}
+
+// readBodyFirst reads the call's body into memory (up to the most a call
+// may send, and one byte) and serves it from there. A net/http server
+// notices that the client hung up (and ends the request's context) only
+// once the body has been read, and a held call must notice.
+func readBodyFirst(r *http.Request) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return
+	}
+	b, _ := io.ReadAll(io.LimitReader(r.Body, maxBodyBytes+1))
+	// A read error is the body's to report again when the handler reads on.
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(b), r.Body), r.Body}
+}
+
+// dropConnection ends the call without any response. The handler hijacks
+// the connection when it can and otherwise panics with
+// http.ErrAbortHandler, which net/http servers turn into a dropped
+// connection or stream, and memoryTransport into io.ErrUnexpectedEOF.
+func dropConnection(w http.ResponseWriter) {
+	if hj, ok := w.(http.Hijacker); ok {
+		if conn, _, err := hj.Hijack(); err == nil {
+			_ = conn.Close()
+			return
+		}
+	}
+	panic(http.ErrAbortHandler)
+}
+
 // serveFault answers a call with an injected fault.
 func serveFault(w http.ResponseWriter, op Operation, f Fault) {
 	if f.DropConnection {
-		if hj, ok := w.(http.Hijacker); ok {
-			if conn, _, err := hj.Hijack(); err == nil {
-				_ = conn.Close()
-				return
-			}
-		}
-		panic(http.ErrAbortHandler)
+		dropConnection(w)
+		return
 	}
 	e := &apiError{Status: f.Status, Type: f.Type, Message: f.Message}
 	if e.Type == "" {
@@ -153,7 +416,7 @@ func serveFault(w http.ResponseWriter, op Operation, f Fault) {
 		}
 	}
 	if e.Message == "" {
-		e.Message = fmt.Sprintf("Injected fault: %s answers %d %s (apifytest FailNext)",
+		e.Message = fmt.Sprintf("Injected fault: %s answers %d %s (apifytest)",
 			op, f.Status, strings.ToLower(http.StatusText(f.Status)))
 	}
 	if f.RetryAfter != "" {

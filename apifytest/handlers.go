@@ -83,31 +83,36 @@ func (s *Server) routes() http.Handler {
 	return router{mux, strconv.Itoa(s.limiter.limits.Other)}
 }
 
-// operation wraps an opFunc: it reads the clock (the call's only reading),
-// sets X-RateLimit-Limit, counts the call, serves an injected fault if one
-// is due, authenticates the caller, applies the rate-limit model, and
-// writes any error.
+// operation wraps an opFunc: it sets X-RateLimit-Limit, counts the call,
+// applies an injected fault if one is due, and serves the call (see serve).
 func (s *Server) operation(op Operation, f opFunc) http.HandlerFunc {
 	class := classOf(op)
 	limit := strconv.Itoa(s.limiter.limits.of(class))
 	return func(w http.ResponseWriter, r *http.Request) {
-		now := s.store.now()
 		w.Header().Set("X-RateLimit-Limit", limit)
-		if fault, ok := s.faults.next(op); ok {
-			serveFault(w, op, fault)
+		if fault, ok := s.faults.next(op, r.PathValue("requestId")); ok {
+			s.faults.inject(w, r, op, fault, func(w http.ResponseWriter) { s.serve(w, r, op, class, f) })
 			return
 		}
-		c, err := s.authenticate(r)
-		if err == nil {
-			c.now = now
-			err = s.rateLimit(w, r, op, class, c)
-		}
-		if err == nil {
-			err = f(w, r, c)
-		}
-		if err != nil {
-			writeError(w, err)
-		}
+		s.serve(w, r, op, class, f)
+	}
+}
+
+// serve serves a call of op with f: it reads the clock (the call's only
+// reading), authenticates the caller, applies the rate-limit model, and
+// writes any error.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, op Operation, class rateClass, f opFunc) {
+	now := s.store.now()
+	c, err := s.authenticate(r)
+	if err == nil {
+		c.now = now
+		err = s.rateLimit(w, r, op, class, c)
+	}
+	if err == nil {
+		err = f(w, r, c)
+	}
+	if err != nil {
+		writeError(w, err)
 	}
 }
 

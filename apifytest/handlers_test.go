@@ -388,6 +388,12 @@ func TestBatchOperations(t *testing.T) {
 		many[i] = map[string]any{"url": "https://b.test/" + itoa(i), "uniqueKey": "b" + itoa(i)}
 	}
 	runCases(t, []opCase{
+		{name: "add a batch with forefront: the batch's order, in front", op: OpBatchAddRequests, method: "POST", path: qp + "/requests/batch?forefront=true",
+			body: []map[string]any{{"url": "https://x.test/", "uniqueKey": "x"}, {"url": "https://y.test/", "uniqueKey": "y"}, {"url": "u", "uniqueKey": "u1"}}, status: 201,
+			check: func(t *testing.T, e *env, r resp) {
+				// u1 was already there: it keeps its place.
+				equalIDs(t, idsOf(e.s.Pending(e.q)), append([]string{RequestID("x"), RequestID("y")}, e.ids...), "pending order")
+			}},
 		{name: "add a batch", op: OpBatchAddRequests, method: "POST", path: qp + "/requests/batch",
 			body: []map[string]any{{"url": "https://n.test/", "uniqueKey": "n"}, {"url": "u", "uniqueKey": "u1"}, {"url": "https://n.test/", "uniqueKey": "n"}}, status: 201,
 			check: func(t *testing.T, e *env, r resp) {

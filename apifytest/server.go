@@ -319,10 +319,12 @@ func (s *Server) Start() {
 	}()
 }
 
-// Close stops the server: it stops listening, waits (up to 5 seconds) for
-// calls in flight, and closes every connection. It may be called more than
-// once, and on a server never started.
+// Close stops the server: it stops listening, drops the calls an injected
+// Delay or Hang holds, waits (up to 5 seconds) for other calls in flight,
+// and closes every connection. It may be called more than once, and on a
+// server never started (whose held calls it drops too).
 func (s *Server) Close() {
+	s.faults.release() // calls held by a Delay or a Hang end now
 	s.mu.Lock()
 	srv, done := s.srv, s.done
 	s.srv = nil
