@@ -56,6 +56,21 @@ func (c *consumer) record(l *lease, req, orig *Request, herr error) {
 	}
 	switch {
 	case err == nil:
+		if l.lost() {
+			// The lease ended while the answer was on its way, but the API
+			// took the result: it was recorded after all.
+			c.lost.Add(-1)
+		}
+	case l.lost() && !req.HandledAt.IsZero() && c.recordedAfterAll(l, req):
+		// The lease ended while the answer was on its way, but the API had
+		// recorded the result before the lock ended: not a lost lock.
+		c.lost.Add(-1)
+		if herr == nil {
+			c.handled.Add(1)
+		} else {
+			c.failed.Add(1)
+		}
+		return
 	case isLockRefused(err):
 		c.keeper.lose(l, "update request refused", err)
 		return
@@ -89,6 +104,18 @@ func (c *consumer) record(l *lease, req, orig *Request, herr error) {
 		c.failed.Add(1)
 	}
 	c.keeper.finish(l)
+}
+
+// recordedAfterAll reads a request whose lease ended while the update that
+// marks it handled was in flight, and reports whether that update was
+// recorded (the request carries the handledAt it sent). The read is bounded
+// by ShutdownTimeout, and does not change the queue.
+func (c *consumer) recordedAfterAll(l *lease, req *Request) bool {
+	ctx, cancel := context.WithTimeout(c.ops, c.o.ShutdownTimeout)
+	defer cancel()
+	c.calls.Add(1)
+	got, err := c.q.GetRequest(ctx, l.id)
+	return err == nil && got.HandledAt.Sub(req.HandledAt).Abs() < time.Millisecond
 }
 
 // leaseCallFailed ends the lease of a call under it that failed for good

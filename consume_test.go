@@ -649,30 +649,19 @@ func TestConsumeShutdownIsBounded(t *testing.T) {
 	}
 }
 
-// hangProlongs serves every call in memory but prolongs, which get no
-// answer until their ctx ends (a network black hole).
-type hangProlongs struct{ h http.Handler }
-
-func (t hangProlongs) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/lock") {
-		<-r.Context().Done()
-		return nil, r.Context().Err()
-	}
-	return serveInMemory(t.h, r)
-}
-
-// The shutdown bound holds when the end of the shutdown cuts a prolong
-// short: the lock keeper stops instead of retrying it forever.
+// The shutdown bound holds when a prolong hangs: the lease keeper bounds
+// each try by the time left on the lock, and the end of the shutdown cuts
+// the last one short instead of retrying it forever.
 func TestConsumeShutdownCutsAProlongShort(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		const lock = 10 * time.Second
+		const lock = 12 * time.Second // grace: 2 s
 		srv, q, ids := memQueue(t, 1)
-		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: hangProlongs{srv.Handler()}})).RequestQueue(q.ID())
+		srv.InjectFault(apifytest.OpProlongRequestLock, apifytest.Fault{Hang: true})
 		ctx, cancel := context.WithCancel(context.Background())
 		handlerDone := make(chan struct{})
 		var cancelled time.Time
 		go func() {
-			time.Sleep(5 * time.Second) // the prolong is sent at 6.7 s and hangs
+			time.Sleep(7 * time.Second) // the prolong is sent at 8 s and hangs
 			cancelled = time.Now()
 			cancel()
 		}()
@@ -680,10 +669,13 @@ func TestConsumeShutdownCutsAProlongShort(t *testing.T) {
 			defer close(handlerDone)
 			time.Sleep(time.Hour) // ignores its ctx
 			return nil
-		}, apify.ConsumeOptions{ClientKey: "cut", LockDuration: lock, HandlerTimeout: 2 * time.Hour, DrainTimeout: time.Second, ShutdownTimeout: 4 * time.Second})
+		}, apify.ConsumeOptions{ClientKey: "cut", LockDuration: lock, HandlerTimeout: 2 * time.Hour, DrainTimeout: 2 * time.Second, ShutdownTimeout: 6 * time.Second})
 		require.ErrorIs(t, err, context.Canceled)
-		assert.Equal(t, 3*time.Second, time.Since(cancelled), "the drain, then half the shutdown budget")
+		assert.Equal(t, 4*time.Second, time.Since(cancelled), "the drain, then the grace of the handler that ignores its ctx")
+		assert.Equal(t, 1, stats.Abandoned)
 		assert.Equal(t, 1, stats.ReleasedAtExit)
+		assert.Equal(t, 1, stats.LocksLost, "every prolong hung until the lock ran out, at 10.8 s")
+		assert.GreaterOrEqual(t, srv.Calls(apifytest.OpProlongRequestLock), 3, "each try bounded by half the time left, then tried again")
 		st, _ := srv.Request(q.ID(), ids[0])
 		assert.Nil(t, st.Lock)
 		<-handlerDone
@@ -763,7 +755,8 @@ func TestConsumeStopsOnAnUnusableQueue(t *testing.T) {
 // Queue calls that fail even after the client's retries slow Consume down;
 // they never fail a request, never lose one, and never run a handler twice.
 func TestConsumeRidesOutTransientFailures(t *testing.T) {
-	for _, op := range []apifytest.Operation{apifytest.OpUnlockRequests, apifytest.OpListAndLockHead, apifytest.OpGetRequest, apifytest.OpUpdateRequest, apifytest.OpProlongRequestLock, apifytest.OpDeleteRequestLock} {
+	// (The start-up unlock is the exception: see TestConsumeStartUpFailure.)
+	for _, op := range []apifytest.Operation{apifytest.OpListAndLockHead, apifytest.OpGetRequest, apifytest.OpUpdateRequest, apifytest.OpProlongRequestLock, apifytest.OpDeleteRequestLock} {
 		for _, fault := range []apifytest.Fault{{Status: 503}, {Status: 429, RetryAfter: "2"}, {DropConnection: true}} {
 			t.Run(fmt.Sprintf("%s/%d", op, fault.Status), func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
@@ -862,7 +855,7 @@ func TestConsumeStopsWhenTheQueueBecomesUnusable(t *testing.T) {
 		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil }, apify.ConsumeOptions{ClientKey: "revoked", Concurrency: 1})
 		require.ErrorIs(t, err, apify.ErrUnauthorized)
 		assert.Zero(t, stats.Handled)
-		assert.Equal(t, 25, stats.ReleasedAtExit, "the locked batch of 25 went back at exit")
+		assert.Equal(t, 1, stats.ReleasedAtExit, "the locked request went back at exit")
 		assert.Empty(t, srv.Locked(q.ID()))
 		assert.Len(t, srv.Pending(q.ID()), 30)
 	})
@@ -909,55 +902,6 @@ func TestConsumeRecordsOnTheRequestAsReadWhenItIsTooLarge(t *testing.T) {
 		got, err := q.GetRequest(context.Background(), ids[0])
 		require.NoError(t, err)
 		assert.Empty(t, got.UserData)
-	})
-}
-
-// failProlongOf is a transport whose prolongs of one request always fail
-// with 503; every other call is served in memory.
-type failProlongOf struct {
-	h  http.Handler
-	id string
-}
-
-func (t failProlongOf) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/requests/"+t.id+"/lock") {
-		rec := httptest.NewRecorder()
-		rec.WriteHeader(http.StatusServiceUnavailable)
-		resp := rec.Result()
-		resp.Request = r
-		return resp, nil
-	}
-	return serveInMemory(t.h, r)
-}
-
-// A request is handed to its handler only while its lock has time left: a
-// prefetched request whose prolongs fail and whose lock is nearly over
-// waits, and is dropped when the lock ends, rather than run on a lock about
-// to lapse (which would cut its handler short and run it twice).
-func TestConsumeStartsHandlersOnlyOnValidLocks(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		const lock = 12 * time.Second
-		srv, q, ids := memQueue(t, 2)
-		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: failProlongOf{srv.Handler(), ids[1]}})).RequestQueue(q.ID())
-		var seen runs
-		stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
-			seen.add(req.ID)
-			st, _ := srv.Request(q.ID(), req.ID)
-			require.NotNil(t, st.Lock)
-			assert.GreaterOrEqual(t, time.Until(st.Lock.ExpiresAt), lock/6, "started with at least a sixth of the lock left")
-			select {
-			case <-time.After(11 * time.Second):
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}, apify.ConsumeOptions{ClientKey: "careful", Concurrency: 1, Prefetch: 1, LockDuration: lock})
-		require.NoError(t, err)
-		assert.Equal(t, 1, seen.get(ids[0]))
-		assert.Equal(t, 1, seen.get(ids[1]), "the second request ran once, on a fresh lock")
-		assert.Equal(t, 2, stats.Handled)
-		assert.Equal(t, 1, stats.LocksLost, "the waiting request's lock lapsed before it started")
-		assert.Positive(t, stats.CallErrors)
 	})
 }
 
@@ -1179,20 +1123,31 @@ func TestConsumeSkipsARequestThatIsGone(t *testing.T) {
 	})
 }
 
-// An empty head is looked at once more a second later (the platform's head
-// is eventually consistent): a request that shows up meanwhile is handled.
-func TestConsumeLooksAgainBeforeFinishing(t *testing.T) {
+// When head/lock finds nothing and no client holds a lock, Consume looks
+// once more at once, and returns when that confirms it: two head/lock round
+// trips after the last result, not a sleep. A request that shows up between
+// the two looks is handled.
+func TestConsumeFinishesWithAConfirmingHeadLock(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		srv, q, _ := memQueue(t, 0)
-		go func() {
-			time.Sleep(500 * time.Millisecond)
-			srv.AddRequests(q.ID(), apifytest.Request{URL: "https://shop.test/late"})
-		}()
-		start := time.Now()
-		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil }, apify.ConsumeOptions{ClientKey: "second-look"})
+		const rtt = 50 * time.Millisecond
+		srv, q, _ := memQueue(t, 1)
+		srv.InjectFault(apifytest.OpListAndLockHead, apifytest.Fault{Delay: rtt}) // served after the delay
+		var handlers atomic.Int32
+		var lastReturn time.Time
+		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error {
+			time.Sleep(time.Second)
+			if handlers.Add(1) == 1 {
+				// After the first empty look (served at +50 ms), before the
+				// confirming one (served at +100 ms).
+				time.AfterFunc(rtt+rtt/2, func() { srv.AddRequests(q.ID(), apifytest.Request{URL: "https://shop.test/late"}) })
+			}
+			lastReturn = time.Now()
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "second-look"})
 		require.NoError(t, err)
-		assert.Equal(t, 1, stats.Handled)
-		assert.GreaterOrEqual(t, time.Since(start), 2*time.Second, "and it looked again before returning")
+		assert.Equal(t, 2, stats.Handled, "the request added between the two looks was handled")
+		assert.Equal(t, 2*rtt, time.Since(lastReturn), "an empty head/lock and its confirmation after the last handler, no sleep")
+		assert.Len(t, srv.Handled(q.ID()), 2)
 	})
 }
 
@@ -1257,8 +1212,8 @@ func TestConsumeCountsLocksFromTheCall(t *testing.T) {
 	})
 }
 
-// Cancelling ctx while a start-up unlock or a head/lock is being retried
-// ends Consume at once, holding nothing.
+// Cancelling ctx while a start-up unlock (ridden out with KeepAlive) or a
+// head/lock is being retried ends Consume at once, holding nothing.
 func TestConsumeCancelledWhileRetrying(t *testing.T) {
 	for _, op := range []apifytest.Operation{apifytest.OpUnlockRequests, apifytest.OpListAndLockHead} {
 		t.Run(string(op), func(t *testing.T) {
@@ -1273,7 +1228,7 @@ func TestConsumeCancelledWhileRetrying(t *testing.T) {
 					cancel()
 				}()
 				var n atomic.Int32
-				stats, err := q.Consume(ctx, func(context.Context, *apify.Request) error { n.Add(1); return nil }, apify.ConsumeOptions{ClientKey: "impatient"})
+				stats, err := q.Consume(ctx, func(context.Context, *apify.Request) error { n.Add(1); return nil }, apify.ConsumeOptions{ClientKey: "impatient", KeepAlive: op == apifytest.OpUnlockRequests})
 				require.ErrorIs(t, err, context.Canceled)
 				assert.Less(t, time.Since(cancelled), 100*time.Millisecond, "no backoff waited out")
 				assert.Positive(t, stats.CallErrors)
