@@ -100,9 +100,11 @@ func (k *keeper) add(items []LockedRequest, sent time.Time, dur time.Duration) [
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for _, it := range items {
-		if _, dup := k.held[it.ID]; dup {
-			continue
+		if old, dup := k.held[it.ID]; dup && !old.releasedOrDone() {
+			continue // ours already: keep the lease we have
 		}
+		// A request whose release just went through is locked afresh: the
+		// new lease replaces the old one (which no longer touches the lock).
 		l := &lease{id: it.ID, url: it.URL, lockedAt: sent, dur: dur, deadline: sent.Add(dur)}
 		l.ctx, l.end = context.WithCancelCause(c.ops)
 		l.expiry = time.AfterFunc(time.Until(l.deadline.Add(-c.margin)), func() {
@@ -115,6 +117,7 @@ func (k *keeper) add(items []LockedRequest, sent time.Time, dur time.Duration) [
 		k.scheduleLocked(l, sent.Add(dur/3))
 		out = append(out, l)
 	}
+	wake(k.wake) // its schedule may have an earlier entry now
 	return out
 }
 
@@ -152,6 +155,13 @@ func (k *keeper) unstart(l *lease) bool {
 	l.state = leaseReleasing
 	k.c.waiting.Add(-1)
 	return true
+}
+
+// releasedOrDone reports a lease whose lock we no longer hold, or are giving back.
+func (l *lease) releasedOrDone() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.state == leaseReleasing || l.state == leaseDone
 }
 
 // setRecording marks a running lease as writing its result.
@@ -246,10 +256,7 @@ func (k *keeper) run(stop <-chan struct{}) {
 		select {
 		case <-stop:
 			return
-		case <-k.wake:
-			if !t.Stop() {
-				<-t.C
-			}
+		case <-k.wake: // Reset above needs no drain: timers have no stale ticks since Go 1.23
 		case <-t.C:
 		}
 	}

@@ -1,8 +1,8 @@
 package apify
 
 import (
-	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -10,11 +10,15 @@ import (
 // (how many requests to lock, and when) and finish detection.
 
 // flow sizes the locker's calls from what it measures: the time a worker
-// spends on a request and the latency of a head/lock call.
+// spends on a request, when each busy worker started its request, and the
+// latency of a head/lock call.
 type flow struct {
 	conc        int           // handler slots
 	prefetchMax int           // ConsumeOptions.Prefetch, resolved
 	margin      time.Duration // the lease margin
+	// started holds, per worker, when it took its current request (Unix
+	// nanoseconds), or 0 while it waits for one.
+	started []atomic.Int64
 
 	mu       sync.Mutex
 	lock     time.Duration // the lock time the API applies
@@ -47,51 +51,80 @@ func (f *flow) called(d, lock time.Duration) {
 	f.mu.Unlock()
 }
 
-// depth returns how many locked requests may wait beyond the free slots,
-// and how few may be waiting before the locker locks more (-1: only when a
-// slot is free).
-//
-// By Little's law, with Concurrency slots each busy for S per request, a
-// slot frees every S ÷ Concurrency on average, so a request k places back in
-// line waits about k × S ÷ Concurrency. A lock is renewed when a third of it
-// is left, so the wait is kept under W: a third of the lock, or less when
-// the wait plus the handler would otherwise need one more prolong than the
-// handler needs alone (but not below a tenth of the lock).
-func (f *flow) depth() (p, lowWater int) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.prefetchMax == 0 || !f.measured {
-		return 0, -1 // nothing measured yet: lock for the free slots only
-	}
-	s := max(f.service, time.Microsecond)
-	period := 2 * f.lock / 3 // a running request is renewed this often
+// window is how long a locked request may wait for a handler: a third of
+// the lock (a waiting request is released then, never prolonged), or less
+// when the wait plus the time a request takes (s) would cross one more
+// renewal than the request needs by itself (but not below a tenth of the
+// lock).
+func window(s, lock, margin time.Duration) time.Duration {
+	period := 2 * lock / 3 // a running request is renewed this often
 	m := max(1, (s+period-1)/period)
-	headroom := m*period - s - f.margin
-	w := min(f.lock/3, max(headroom, f.lock/10))
-	p = min(f.prefetchMax, int(float64(f.conc)*w.Seconds()/s.Seconds()))
-	// How many slots free up while one head/lock call is in flight: with
-	// fewer than a quarter, waiting for a free slot before calling costs
-	// that slot a round trip, and saves a request in each call.
-	e := float64(f.conc) * f.headLock.Seconds() / s.Seconds()
-	if e < 0.25 {
-		return p, -1
-	}
-	return p, min(int(math.Ceil(2*e)), p/2)
+	headroom := m*period - s - margin
+	return min(lock/3, max(headroom, lock/10))
 }
 
-// plan returns how many requests to lock now (0: wait), given busy slots
-// and waiting requests.
-func (f *flow) plan(busy, waiting int) int {
-	free := f.conc - busy
-	p, low := f.depth()
-	deficit := free + p - waiting
-	switch {
-	case free > waiting: // a slot would idle
-		return min(MaxLockHeadLimit, deficit)
-	case low >= 0 && waiting <= low && deficit >= max(1, min(p, MaxLockHeadLimit)/2):
-		return min(MaxLockHeadLimit, deficit)
+// plan returns how many requests to lock now (0: not now), given how many
+// locked ones wait for a worker, and when to look again if nothing changes
+// (zero: only when woken).
+//
+// It is Little's law applied slot by slot: a busy worker frees its slot
+// about s after it started its request (or, when it has run longer, after
+// as long again as it has run so far), and then every s; an idle one now,
+// and then every s. Counting those moments within the window (less a tenth,
+// for the spread of handler times) says how many requests can start before
+// their wait is too long: the locker locks that many, less those already
+// waiting, when a slot is idle, or ahead of time when slots will free before
+// a head/lock call could return. Before any request was measured it locks
+// for the idle slots only.
+func (f *flow) plan(now time.Time, waiting int) (n int, recheck time.Time) {
+	f.mu.Lock()
+	s, measured, lock, rtt := f.service, f.measured, f.lock, f.headLock
+	f.mu.Unlock()
+	idle := 0
+	for i := range f.started {
+		if f.started[i].Load() == 0 {
+			idle++
+		}
 	}
-	return 0
+	if !measured || f.prefetchMax == 0 {
+		return min(MaxLockHeadLimit, max(0, idle-waiting)), time.Time{}
+	}
+	s = max(s, time.Microsecond)
+	horizon := now.Add(window(s, lock, f.margin) * 9 / 10)
+	soonBy := now.Add(2 * rtt)
+	can, soon := 0, 0
+	for i := range f.started {
+		free := now
+		if st := f.started[i].Load(); st != 0 {
+			began := time.Unix(0, st)
+			free = began.Add(s)
+			if free.Before(now) {
+				// Running late: a request that has taken x so far is
+				// likely to take about as long again.
+				free = now.Add(now.Sub(began))
+			}
+			// Look again when this slot is about to free, if nothing wakes the locker before.
+			if at := free.Add(-2 * rtt); at.After(now) && (recheck.IsZero() || at.Before(recheck)) {
+				recheck = at
+			}
+		}
+		if !free.After(horizon) {
+			can += 1 + int(horizon.Sub(free)/s)
+		}
+		if !free.After(soonBy) {
+			soon++
+		}
+	}
+	n = min(MaxLockHeadLimit, min(can, idle+f.prefetchMax)-waiting)
+	switch {
+	case n <= 0:
+		return 0, recheck
+	case idle > waiting: // a slot idles now
+		return n, time.Time{}
+	case soon > waiting && n >= max(1, min(MaxLockHeadLimit, f.prefetchMax)/2):
+		return n, time.Time{} // slots free before a head/lock could return
+	}
+	return 0, recheck
 }
 
 // lockLoop locks requests and feeds them to the workers until the queue is
@@ -102,14 +135,12 @@ func (c *consumer) lockLoop() {
 	fails := 0
 	mayHaveStranded := false // a head/lock failed: it may have locked requests we never saw
 	for c.taking.Err() == nil {
-		n := c.flow.plan(int(c.busy.Load()), int(c.waiting.Load()))
+		n, recheck := c.flow.plan(time.Now(), int(c.waiting.Load()))
 		// Released or lost leases stay in jobs until a worker skips them.
 		n = min(n, cap(c.jobs)-len(c.jobs))
 		if n <= 0 {
-			select {
-			case <-c.taking.Done():
+			if !c.waitForRoom(recheck) {
 				return
-			case <-c.wakeLocker:
 			}
 			continue
 		}
@@ -181,6 +212,24 @@ func (c *consumer) lockLoop() {
 		}
 		idle = min(2*idle, consumeIdlePollMax)
 	}
+}
+
+// waitForRoom waits until a worker wakes the locker, or until recheck (if
+// not zero); false when taking ended.
+func (c *consumer) waitForRoom(recheck time.Time) bool {
+	var tc <-chan time.Time
+	if !recheck.IsZero() {
+		t := time.NewTimer(time.Until(recheck))
+		defer t.Stop()
+		tc = t.C
+	}
+	select {
+	case <-c.taking.Done():
+		return false
+	case <-c.wakeLocker:
+	case <-tc:
+	}
+	return true
 }
 
 // idleWait waits about d (jittered), or until the last held request is

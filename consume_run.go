@@ -70,7 +70,7 @@ func newConsumer(q *RequestQueueClient, h Handler, o ConsumeOptions) *consumer {
 		wakeLocker:   make(chan struct{}, 1),
 		releaseSlots: make(chan struct{}, consumeShutdownReleaseWorkers),
 	}
-	c.flow = flow{conc: o.Concurrency, prefetchMax: o.Prefetch, margin: c.margin, lock: o.LockDuration}
+	c.flow = flow{conc: o.Concurrency, prefetchMax: o.Prefetch, margin: c.margin, lock: o.LockDuration, started: make([]atomic.Int64, o.Concurrency)}
 	c.keeper = newKeeper(c)
 	return c
 }
@@ -117,9 +117,9 @@ func (c *consumer) run(ctx context.Context) (*ConsumeStats, error) {
 	keeperStop := make(chan struct{})
 	keeper.Add(1)
 	go func() { defer keeper.Done(); c.keeper.run(keeperStop) }()
-	for range c.o.Concurrency {
+	for i := range c.o.Concurrency {
 		workers.Add(1)
-		go func() { defer workers.Done(); c.work() }()
+		go func() { defer workers.Done(); c.work(i) }()
 	}
 
 	c.lockLoop()

@@ -517,59 +517,53 @@ func TestConsumeShutdownReleasesPrefetchedAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv, q, ids := memQueue(t, 100)
 		ctx, cancel := context.WithCancel(context.Background())
-		started := make(chan string, 100)
-		release := make(chan struct{})
 		type result struct {
 			stats *apify.ConsumeStats
 			err   error
 		}
 		done := make(chan result, 1)
-		var n atomic.Int32
+		var started atomic.Int32
 		go func() {
-			stats, err := q.Consume(ctx, func(_ context.Context, req *apify.Request) error {
-				if n.Add(1) <= 20 {
-					time.Sleep(100 * time.Millisecond) // Consume measures the time a request takes
-					return nil
-				}
-				started <- req.ID
-				<-release // ignores ctx: drains within DrainTimeout
+			stats, err := q.Consume(ctx, func(context.Context, *apify.Request) error {
+				started.Add(1)
+				time.Sleep(time.Second) // ignores ctx: drains within DrainTimeout
 				return nil
 			}, apify.ConsumeOptions{ClientKey: "stopper", Concurrency: 2, Prefetch: 10, DrainTimeout: time.Minute})
 			done <- result{stats, err}
 		}()
-		<-started
-		<-started
+		// Handlers of 1 s, 2 at a time: once measured, Consume prefetches
+		// for the next seconds; at 3.5 s, 2 run and some wait.
+		time.Sleep(3500 * time.Millisecond)
 		synctest.Wait()
 		held := len(srv.LockedBy(q.ID(), "stopper"))
 		require.Greater(t, held, 2, "2 running, and some prefetched")
 		prefetched := held - 2
-		require.Len(t, srv.Handled(q.ID()), 20)
+		require.Len(t, srv.Handled(q.ID()), 6)
+		startedBefore := started.Load()
 
 		cancel()
 		synctest.Wait()
 		locked := srv.LockedBy(q.ID(), "stopper")
 		assert.Len(t, locked, 2, "only the running requests are still held")
 		pending := srv.Pending(q.ID())
-		assert.Len(t, pending, 78, "the prefetched ones are pending again, before the drain ends")
-		if assert.Len(t, pending, 78) {
+		assert.Len(t, pending, 92, "the prefetched ones are pending again, before the drain ends")
+		if assert.Len(t, pending, 92) {
 			var front []string
 			for _, st := range pending[:prefetched] {
 				front = append(front, st.ID)
 			}
 			// Released in parallel, each to the front: in some order.
-			assert.ElementsMatch(t, ids[22:22+prefetched], front, "at the front of the queue, where they were")
+			assert.ElementsMatch(t, ids[8:8+prefetched], front, "at the front of the queue, where they were")
 		}
 
-		time.Sleep(10 * time.Second)
-		close(release)
 		res := <-done
 		require.ErrorIs(t, res.err, context.Canceled)
-		assert.Equal(t, 22, res.stats.Handled, "the drained handlers' results are recorded")
+		assert.Equal(t, 8, res.stats.Handled, "the drained handlers' results are recorded")
 		assert.Equal(t, prefetched, res.stats.ReleasedAtExit)
 		assert.Equal(t, totalCalls(srv), res.stats.APICalls, "APICalls counts the releases")
 		assert.Empty(t, srv.Locked(q.ID()))
-		assert.Len(t, srv.Handled(q.ID()), 22)
-		assert.Len(t, started, 0, "no handler started after the shutdown began")
+		assert.Len(t, srv.Handled(q.ID()), 8)
+		assert.Equal(t, startedBefore, started.Load(), "no handler started after the shutdown began")
 	})
 }
 

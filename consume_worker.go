@@ -19,8 +19,9 @@ import (
 // (t.FailNow, a failed require) instead of returning.
 var errHandlerGoexit = errors.New("handler called runtime.Goexit (t.FailNow or a failed require?) instead of returning")
 
-// work is one worker.
-func (c *consumer) work() {
+// work is worker number i.
+func (c *consumer) work(i int) {
+	started := &c.flow.started[i]
 	for {
 		var l *lease
 		select {
@@ -29,16 +30,19 @@ func (c *consumer) work() {
 		case l = <-c.jobs:
 		}
 		c.busy.Add(1)
+		began := time.Now()
+		started.Store(began.UnixNano())
 		if !c.keeper.start(l) {
+			started.Store(0)
 			c.busy.Add(-1)
 			wake(c.wakeLocker) // room in jobs
 			continue           // released or lost while it waited
 		}
 		wake(c.wakeLocker) // one less waiting: time to lock more?
-		began := time.Now()
 		if c.process(l) {
 			c.flow.served(time.Since(began))
 		}
+		started.Store(0)
 		c.busy.Add(-1)
 		wake(c.wakeLocker)
 	}
