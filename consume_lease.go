@@ -113,8 +113,9 @@ func (k *keeper) add(items []LockedRequest, sent time.Time, dur time.Duration) [
 		k.held[l.id] = l
 		c.waiting.Add(1)
 		// A waiting lease is not renewed: it is released when it has waited
-		// a third of its lock (see act).
-		k.scheduleLocked(l, sent.Add(dur/3))
+		// a third of its lock (see act). A head/lock answer that came that
+		// late leaves a moment for an idle worker to take it first.
+		k.scheduleLocked(l, later(sent.Add(dur/3), time.Now().Add(dur/12)))
 		out = append(out, l)
 	}
 	wake(k.wake) // its schedule may have an earlier entry now
@@ -368,6 +369,14 @@ func (h *leaseHeap) Pop() any {
 	old[len(old)-1] = leaseAt{}
 	*h = old[:len(old)-1]
 	return e
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // errOrNone keeps a nil error out of log records ("error=<nil>" says nothing).

@@ -68,10 +68,10 @@ func TestConsumeOneHungProlongDelaysOnlyItsRequest(t *testing.T) {
 		a := ids[0]
 		srv.InjectFault(apifytest.OpProlongRequestLock, apifytest.Fault{Hang: true, RequestID: a})
 		srv.InjectFault(apifytest.OpProlongRequestLock, apifytest.Fault{Delay: 200 * time.Millisecond})
-		var b string
+		added := make(chan string, 1)
 		go func() {
 			time.Sleep(75 * time.Millisecond)
-			b = srv.AddRequests(q.ID(), apifytest.Request{URL: "https://shop.test/b"})[0]
+			added <- srv.AddRequests(q.ID(), apifytest.Request{URL: "https://shop.test/b"})[0]
 		}()
 		var seen runs
 		var causes sync.Map
@@ -88,6 +88,7 @@ func TestConsumeOneHungProlongDelaysOnlyItsRequest(t *testing.T) {
 			}
 		}, apify.ConsumeOptions{ClientKey: "independent", Concurrency: 2, LockDuration: lock})
 		require.NoError(t, err)
+		b := <-added
 		assert.Equal(t, 1, stats.LocksLost, "only the hung request's lock")
 		cause, _ := causes.Load(a)
 		assert.ErrorIs(t, cause.(error), apify.ErrLockLost)
