@@ -452,12 +452,13 @@ func (h *eventHub) run() {
 			if h.ctx.Err() != nil {
 				return
 			}
-			if code := websocket.CloseStatus(err); permanentClose(code) {
+			code := websocket.CloseStatus(err) // -1: no close frame
+			if permanentClose(code) {
 				h.fail(code, err)
 				return
 			}
 			h.log(slog.LevelWarn, "apify: platform events: the connection dropped",
-				slog.String("url", h.shown), slog.String("error", h.scrub(err)), slog.Duration("up", up))
+				slog.String("url", h.shown), slog.Int("code", int(code)), slog.String("error", h.scrub(err)), slog.Duration("up", up))
 		}
 		if up >= h.t.healthyAfter {
 			failures = 0
