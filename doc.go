@@ -34,6 +34,30 @@
 //		return crawl(ctx, req) // nil: handled; an error: tried again later
 //	}, apify.ConsumeOptions{Concurrency: 10})
 //
+// # Platform events
+//
+// Inside an Actor run the platform sends the run events over a WebSocket:
+// migrating (the process is killed after [PlatformEvent.TimeRemaining] and
+// the run restarts elsewhere), aborting (force-stopped about 30 s later),
+// persistState and systemInfo. [SubscribePlatformEvents] reads them over one
+// connection per process shared by every subscription, reconnects after a
+// drop but never after a close with code 1008, and outside Apify returns a
+// stream that never delivers, so the same code runs everywhere:
+//
+//	events, err := apify.SubscribePlatformEvents(ctx, apify.PlatformEventsOptions{})
+//	if err != nil {
+//		return err
+//	}
+//	defer events.Close()
+//	for ev := range events.C() {
+//		if ev.Name == apify.PlatformEventMigrating {
+//			// save state within ev.TimeRemaining, then exit non-zero
+//		}
+//	}
+//
+// A process that exits 0 while migrating ends the run SUCCEEDED and the
+// platform does not restart it; see [ErrMigrating] and [Client.RebootRun].
+//
 // # Correct on the wire
 //
 // The queue ID is escaped as one path segment (a "/", "?" or "#" in it can

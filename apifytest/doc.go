@@ -42,6 +42,10 @@
 //	GET    /v2/request-queues/{queueId}/head                 pending requests, unlocked only
 //	POST   /v2/request-queues/{queueId}/head/lock            lock up to 25 (lockSecs, limit, clientKey)
 //
+// and, outside the request-queue API:
+//
+//	POST   /v2/actor-runs/{runId}/reboot                     recorded (Server.Reboots); 200 with the run
+//
 // Requests get the IDs Apify gives them (see [RequestID]); adding a
 // uniqueKey that is already there returns wasAlreadyPresent. Locked requests
 // are hidden from head and from other callers' head/lock; an expired lock
@@ -87,6 +91,18 @@
 // (with [NewUnstartedServer] and its in-memory Client). [Server.Calls]
 // counts the calls an operation received, faulted and held ones included.
 // [WithClock] with a [ManualClock] moves time only when the test says so.
+//
+// # Platform events
+//
+// [WithPlatformEvents] (apify-rq serve --events) serves the WebSocket an
+// Actor run reads its platform events from (migrating, aborting,
+// persistState, ...) at EventsPathPrefix + runID: [Server.EventsURL] is
+// the URL of [DefaultRunID], [Server.RunEventsURL] that of another run.
+// [Server.SendEvent] sends every connected client an event;
+// [Server.DropEventConnections] and [Server.CloseEventConnections] end the
+// connections, to test reconnecting and a close for good. As on the
+// platform, a run has one connection: a second one, and one for an unknown
+// run, is closed with 1008.
 //
 // # Rate limits
 //

@@ -80,6 +80,7 @@ func (s *Server) routes() http.Handler {
 	} {
 		mux.HandleFunc(rt.pattern, s.operation(rt.op, rt.f))
 	}
+	s.platformRoutes(mux)
 	return router{mux, strconv.Itoa(s.limiter.limits.Other)}
 }
 

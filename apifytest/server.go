@@ -37,6 +37,8 @@ type Server struct {
 	limits  HTTPLimits
 	conns   atomic.Int64 // open connections of every HTTPServer
 	handler http.Handler
+	// platform holds the Actor runs, reboots and event connections (events.go).
+	platform platform
 
 	mu      sync.Mutex
 	srv     *http.Server
@@ -59,6 +61,7 @@ type config struct {
 	// rateLimits is set by WithRateLimits.
 	rateLimits *RateLimits
 	httpLimits HTTPLimits
+	events     bool // WithPlatformEvents
 }
 
 // Option configures a [Server].
@@ -211,6 +214,13 @@ func New(opts ...Option) (*Server, error) {
 			}
 		}
 	}
+	var runIDs []string
+	for _, ti := range cfg.tokens {
+		if ti.runID != "" {
+			runIDs = append(runIDs, ti.runID)
+		}
+	}
+	s.platform.init(cfg.events, runIDs, s.store.now())
 	s.handler = s.routes()
 	for _, name := range cfg.queues {
 		s.CreateQueue(name)
@@ -321,10 +331,14 @@ func (s *Server) Start() {
 
 // Close stops the server: it stops listening, drops the calls an injected
 // Delay or Hang holds, waits (up to 5 seconds) for other calls in flight,
-// and closes every connection. It may be called more than once, and on a
-// server never started (whose held calls it drops too).
+// and closes every connection, platform events connections included (with
+// code 1001 going away, waiting for their handlers to end). It may be called
+// more than once, and on a server never started (whose held calls it drops
+// too); a server served by [Server.HTTPServer] should be closed too, after
+// its http.Server, to end its events connections.
 func (s *Server) Close() {
 	s.faults.release() // calls held by a Delay or a Hang end now
+	defer s.platform.shutdown(true)
 	s.mu.Lock()
 	srv, done := s.srv, s.done
 	s.srv = nil

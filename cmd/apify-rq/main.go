@@ -4,10 +4,11 @@
 //
 // Usage:
 //
-//	apify-rq serve  [--addr 127.0.0.1:8080] [--token T]... [--run-token T=RUN_ID]... [--queue NAME]... [--rate-limits on] [--log] [--read-timeout 30s] [--idle-timeout 60s] [--max-conns 512]
+//	apify-rq serve  [--addr 127.0.0.1:8080] [--token T]... [--run-token T=RUN_ID]... [--queue NAME]... [--rate-limits on] [--events] [--log] [--read-timeout 30s] [--idle-timeout 60s] [--max-conns 512]
 //	apify-rq show   --queue ID [--json] [--token T] [--base-url URL] [--timeout 1m]
 //	apify-rq list   --queue ID [--filter locked,pending] [--limit 100] [--json] [--token T] [--base-url URL] [--timeout 1m]
 //	apify-rq unlock --queue ID [--client-key K] [--quiet|-q] [--token T] [--base-url URL] [--timeout 1m]
+//	apify-rq event  NAME [--time-remaining 10s] [--migrating] [--data JSON] [--token T] [--base-url URL] [--timeout 10s]
 //	apify-rq help [COMMAND]
 //
 // serve runs the emulator of package apifytest, so crawlers in any language
@@ -21,7 +22,18 @@
 // requests, one per line (ID, method, URL), or as JSON lines with --json.
 // unlock calls POST /v2/request-queues/{queueId}/requests/unlock and prints
 // how many requests it unlocked ("unlocked 3 requests"; with --quiet, the
-// bare number). The token and base URL come from APIFY_TOKEN and
+// bare number).
+//
+// With --events, serve also serves the Apify platform's events of an Actor
+// run over WebSocket, and prints the URL to set ACTOR_EVENTS_WEBSOCKET_URL
+// to; event sends one to every connected Actor: "apify-rq event migrating
+// --time-remaining 10s", "apify-rq event aborting", "apify-rq event
+// persistState --migrating", or any NAME with --data JSON. It goes to the
+// emulator at --base-url (default $APIFY_API_BASE_URL, else
+// http://127.0.0.1:8080), through its POST /_emulator/events, with the
+// token when the emulator has any.
+//
+// The token and base URL come from APIFY_TOKEN and
 // APIFY_API_BASE_URL unless --token and --base-url are given; prefer the
 // variable for the token, since a flag shows in the process list.
 //
@@ -60,6 +72,7 @@ const usage = `Usage:
   apify-rq show   ` + showSynopsis + `
   apify-rq list   ` + listSynopsis + `
   apify-rq unlock ` + unlockSynopsis + `
+  apify-rq event  ` + eventSynopsis + `
   apify-rq help [COMMAND]
 
 Commands:
@@ -68,6 +81,8 @@ Commands:
   list    print a queue's locked or pending requests, one per line
   unlock  release every lock the client key (or the token's Actor run) holds on a queue,
           and print how many requests were unlocked
+  event   send a platform event (migrating, aborting, persistState, ...) to the Actors
+          connected to a running "apify-rq serve --events"
 
 The token comes from APIFY_TOKEN and the API's address from APIFY_API_BASE_URL
 (default https://api.apify.com), unless --token or --base-url is given.
@@ -82,7 +97,7 @@ func main() {
 // run is the whole command, with its environment passed in so tests can run it.
 func run(args []string, stdout, stderr io.Writer, env func(string) string) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, "apify-rq: a command is required (serve, show, list or unlock)\n\n"+usage)
+		fmt.Fprint(stderr, "apify-rq: a command is required (serve, show, list, unlock or event)\n\n"+usage)
 		return exitUsage
 	}
 	if args[0] == "help" && len(args) > 1 && args[1] != "help" {
@@ -99,11 +114,13 @@ func run(args []string, stdout, stderr io.Writer, env func(string) string) int {
 		return list(context.Background(), args[1:], stdout, stderr, env)
 	case "unlock":
 		return unlock(context.Background(), args[1:], stdout, stderr, env)
+	case "event":
+		return event(context.Background(), args[1:], stdout, stderr, env)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	default:
-		fmt.Fprintf(stderr, "apify-rq: unknown command %q (want serve, show, list or unlock)\n\n%s", args[0], usage)
+		fmt.Fprintf(stderr, "apify-rq: unknown command %q (want serve, show, list, unlock or event)\n\n%s", args[0], usage)
 		return exitUsage
 	}
 }
