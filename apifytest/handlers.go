@@ -79,7 +79,12 @@ func (s *Server) routes() http.Handler {
 		{"POST " + q + "/head/lock", OpListAndLockHead, s.serveListAndLockHead},
 	} {
 		mux.HandleFunc(rt.pattern, s.operation(rt.op, rt.f))
+		// An Actor run's default queue: the same operations, below its path.
+		if method, path, _ := strings.Cut(rt.pattern, " "); strings.HasPrefix(path, q) {
+			mux.HandleFunc(method+" "+runQueuePrefix+strings.TrimPrefix(path, q), s.operation(rt.op, rt.f))
+		}
 	}
+	mux.HandleFunc("GET "+LocksPath, s.serveLocks)
 	return router{mux, strconv.Itoa(s.limiter.limits.Other)}
 }
 
@@ -100,6 +105,9 @@ func (s *Server) operation(op Operation, f opFunc) http.HandlerFunc {
 		c, err := s.authenticate(r)
 		if err == nil {
 			c.now = now
+			err = s.servedRunQueue(r, c)
+		}
+		if err == nil {
 			err = s.rateLimit(w, r, op, class, c)
 		}
 		if err == nil {
@@ -182,7 +190,8 @@ func (rt router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.ServeHTTP(probe, r)
 	if probe.status != http.StatusMethodNotAllowed {
 		writeError(w, newAPIError(http.StatusNotFound, "page-not-found",
-			"There is no API endpoint at %s %s; the emulator serves the request-queue API under /v2/request-queues",
+			"There is no API endpoint at %s %s; the emulator serves the request-queue API under /v2/request-queues "+
+				"and /v2/actor-runs/{runId}/request-queue",
 			r.Method, r.URL.EscapedPath()))
 		return
 	}
