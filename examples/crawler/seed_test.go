@@ -59,9 +59,8 @@ func TestCrawlerSeedsOnlyAnEmptyQueue(t *testing.T) {
 	// A queue with requests is left as it is.
 	full := seedQueue(t, srv, 2)
 	out.Reset()
-	code = run([]string{"--queue", full, "--work", "1ms", "--seed", "https://s.test/new"}, &out, &errOut)
-	require.Equal(t, 0, code, errOut.String())
-	assert.Contains(t, out.String(), "crawler: the queue has 2 requests; --seed adds nothing\n")
+	require.NoError(t, seed(context.Background(), srv.Client().RequestQueue(full), []string{"https://s.test/new"}, "seeder", &out))
+	assert.Equal(t, "crawler: the queue has 2 requests; --seed adds nothing\n", out.String())
 	assert.Len(t, srv.Requests(full), 2)
 
 	// A bad seed is a usage error, before any call.
