@@ -1,5 +1,6 @@
-// Package apify is a Go client for Apify's request queues, built first around
-// one call: releasing every lock a crawler holds when it stops.
+// Package apify is a Go client for Apify's request queues, built around the
+// crawler's loop, [RequestQueueClient.Consume], and the one call that makes
+// stopping safe: releasing every lock a crawler holds when it stops.
 //
 // Apify crawlers take work from a request queue by locking requests under a
 // clientKey (or their Actor run). A crawler that stops leaves its locks
@@ -33,6 +34,17 @@
 //	stats, err := q.Consume(ctx, func(ctx context.Context, req *apify.Request) error {
 //		return crawl(ctx, req) // nil: handled; an error: tried again later
 //	}, apify.ConsumeOptions{Concurrency: 10})
+//
+// The README's quick start (examples/quickstart) is a whole crawler on it:
+// seeding, depth in UserData, links added under the consumer's clientKey,
+// and its test against the emulator of package apifytest.
+//
+// # Beyond the queue calls
+//
+// [Client.Do] calls any endpoint of the API (an Actor run, a dataset)
+// through the same core: token, retries, limits and error types.
+// [Client.RunRequestQueue] addresses an Actor run's default queue by the
+// run, under /v2/actor-runs/{runId}/request-queue.
 //
 // # Platform events
 //
@@ -93,7 +105,7 @@
 // # Errors to act on
 //
 // A response outside 2xx is an [*APIError] (status, the API's error type and
-// message, attempts made, Retry-After); errors.Is maps it to [ErrNotFound],
+// message, attempts made, Retry-After, the response's header); errors.Is maps it to [ErrNotFound],
 // [ErrRateLimited] and the other sentinels. A call that got no usable response
 // is a [*RequestError] wrapping its cause, so errors.Is(err,
 // context.DeadlineExceeded) works; when the context ended (or would have)

@@ -195,7 +195,7 @@ func (cl *call) apiError(resp *http.Response, body []byte) *APIError {
 		header.Set("Location", tok.redact(b.location))
 	}
 	e := newAPIError(cl.req.method, cl.req.ep.rawPath, resp.StatusCode, header, tok.redactBytes(body), cl.attempts)
-	e.Type, e.Message = tok.redact(e.Type), tok.redact(e.Message)
+	e.Type, e.Message, e.Header = tok.redact(e.Type), tok.redact(e.Message), tok.redactHeader(header)
 	return e
 }
 

@@ -42,6 +42,18 @@
 //	GET    /v2/request-queues/{queueId}/head                 pending requests, unlocked only
 //	POST   /v2/request-queues/{queueId}/head/lock            lock up to 25 (lockSecs, limit, clientKey)
 //
+// Every path below /v2/request-queues/{queueId} is also served below
+// /v2/actor-runs/{runId}/request-queue, for the default queue of that Actor
+// run, as Apify serves a run's default storages (see Runs below).
+//
+// One path is the emulator's own, not Apify's: GET
+// /v2/x-apifytest/request-queues/{queueId}/locks ([LocksPath]) lists who
+// holds each lock of a queue and until when, which Apify's API never tells
+// (its list of requests has no lock holder). It lives apart from the API's
+// paths so that no response of the API's operations carries a field Apify's
+// does not; apify-rq list shows lock holders with it, and on Apify's API,
+// where it answers 404, says the holders are unknown.
+//
 // and, outside the request-queue API:
 //
 //	POST   /v2/actor-runs/{runId}/reboot                     recorded (Server.Reboots); 200 with the run
@@ -61,6 +73,27 @@
 // token-not-provided, an unknown one 401 invalid-token. A [WithRunToken]
 // token makes its caller count as inside that Actor run: the locks it takes
 // belong to the run too.
+//
+// # Runs
+//
+// An Actor run's default queue is an unnamed queue of [DefaultUser], made on
+// first use: by [Server.RunQueue], which returns its ID, or by the first
+// call under /v2/actor-runs/{runId}/request-queue. The emulator knows the
+// runs of its [WithRunToken] tokens and those named to [Server.RunQueue]; a
+// call under the path of any other run gets 404 record-not-found, as Apify
+// answers for a run that does not exist (after authentication: a missing
+// token is still 401). The queue is an ordinary queue otherwise: its ID
+// reaches it too, deleting it leaves the run without one (404), and calls
+// under the run's path are the same operations (counted by [Server.Calls],
+// failed by [Server.FailNext], rate limited with the queue's budget).
+//
+// # Seeding
+//
+// [Server.AddRequests] takes every field a request stores ([Request]:
+// userData, headers, payload, noRetry, retryCount, errorMessages, and
+// handledAt to seed a handled one), checked as the API checks an added
+// request; only the URL, uniqueKey and method are taken as they are, so
+// that a test can seed requests the API would refuse.
 //
 // # Testing retries, slow APIs and time
 //
@@ -179,7 +212,8 @@
 //     in unprocessedRequests. Updates that do not set handledAt are allowed
 //     to anyone. An unlocked request may be handled by anyone.
 //   - No clientKey. A call without a clientKey counts as a new client (as the
-//     spec says for hadMultipleClients). So outside a run, unlock without a
+//     spec says for hadMultipleClients; a read without one is no client, see
+//     hadMultipleClients below). So outside a run, unlock without a
 //     clientKey returns 200 with unlockedCount 0; inside a run it releases
 //     the run's locks. A lock taken without a clientKey outside a run has no
 //     holder that a later call can prove to be: nobody can prolong, delete
@@ -239,9 +273,21 @@
 //   - Listing (GET .../requests) returns requests in the order they were
 //     added; its cursor is opaque. filter=locked is requests with a live
 //     lock, filter=pending those neither locked nor handled.
-//   - hadMultipleClients becomes true once calls with two different
-//     clientKeys, or any call without one after the first call, reached the
-//     queue; the operations that take a clientKey parameter count.
+//   - hadMultipleClients becomes true once the queue has seen two clients.
+//     Only the operations that take a clientKey parameter count. Clients
+//     are told apart by clientKey, and a call that changes the queue (add,
+//     batch add or delete, update, delete, head/lock, prolong, delete a
+//     lock, unlock) without one is a new client every time, as the spec
+//     says of the clientKey parameter. So a queue seeded without a clientKey
+//     and then consumed with one has had two clients, as it has on Apify by
+//     that rule: to keep a queue single-client, seed it (and add the links
+//     a handler finds) with the consumer's clientKey. A read without a
+//     clientKey (GET head, the list of requests) is no client at all: it
+//     cannot make any client's picture of the queue stale, which is what
+//     SDKs read the flag for, and tools that inspect a queue (apify-rq show
+//     and list, the console) read without one; counting them would make a
+//     second look report what the first look did. A read with a clientKey
+//     counts that key. Reading the queue object never counts.
 //     queueHasLockedRequests is computed after head/lock took its locks.
 //   - Users. "~name" is the caller's queue, "username~name" the named user's
 //     (404 record-not-found when there is no such user or queue; 403

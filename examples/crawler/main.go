@@ -14,13 +14,19 @@
 // (APIFY_TOKEN, APIFY_API_BASE_URL, ACTOR_RUN_ID,
 // ACTOR_DEFAULT_REQUEST_QUEUE_ID) and from flags:
 //
-//	crawler --queue QUEUE_ID [--client-key K] [--concurrency 10] [--lock 1m] [--work 200ms]
+//	crawler --queue QUEUE_ID [--seed URL]... [--client-key K] [--concurrency 10] [--lock 1m] [--work 200ms]
 //	        [--handler-timeout 1m] [--drain-timeout 10s] [--shutdown-timeout 5s] [--keep-alive]
 //
-// Try it offline against the emulator:
+// --seed (repeatable, or comma-separated URLs) adds start URLs when the
+// queue is empty, under the crawler's own clientKey, so the queue reads as
+// one client; a queue that has requests is left as it is.
 //
-//	go run ./cmd/apify-rq serve --queue demo   # prints the base URL and the queue ID
-//	APIFY_API_BASE_URL=http://127.0.0.1:8080 go run ./examples/crawler --queue QUEUE_ID
+// Try it offline against the emulator, in two terminals:
+//
+//	go run ./cmd/apify-rq serve --queue demo
+//	APIFY_API_BASE_URL=http://127.0.0.1:8080 go run ./examples/crawler --queue '~demo' --seed https://example.com/
+//
+// ("~demo" is the queue named demo; serve also prints its ID.)
 //
 // Exit codes: 0 the queue is done, or the crawler was stopped by a signal
 // and shut down cleanly; 1 the queue is unusable (a 401, 403 or 404, say);
@@ -35,8 +41,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -62,7 +70,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&opts.ShutdownTimeout, "shutdown-timeout", 5*time.Second, "time allowed to release the locks at exit")
 	fs.BoolVar(&opts.KeepAlive, "keep-alive", false, "wait for new requests instead of exiting when the queue is done")
 	work := fs.Duration("work", 200*time.Millisecond, "simulated work per request")
+	var seeds seedFlag
+	fs.Var(&seeds, "seed", "start `URL` to add when the queue is empty (repeatable, or comma-separated)")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "crawler: unexpected argument %q (start URLs go in --seed)\n", fs.Arg(0))
 		return 2
 	}
 	if *queueID == "" {
@@ -81,8 +95,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	q := c.RequestQueue(*queueID)
+	if len(seeds) > 0 {
+		if err := seed(ctx, q, seeds, opts.ClientKey, stdout); err != nil {
+			fmt.Fprintln(stderr, "crawler: seeding the queue:", err)
+			return 1
+		}
+	}
 	fmt.Fprintf(stdout, "crawler: consuming queue %s as client %s\n", *queueID, opts.ClientKey)
-	stats, err := c.RequestQueue(*queueID).Consume(ctx, func(ctx context.Context, req *apify.Request) error {
+	stats, err := q.Consume(ctx, func(ctx context.Context, req *apify.Request) error {
 		// The work; a real crawler fetches req.URL here with ctx, and adds
 		// the links it finds with AddRequest.
 		select {
@@ -110,6 +131,50 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "crawler: failed: %v (%s)\n", err, summary)
 		return 1
 	}
+}
+
+// seedFlag is --seed: start URLs, the flag repeated or comma-separated.
+type seedFlag []string
+
+func (f *seedFlag) String() string { return strings.Join(*f, ",") }
+
+func (f *seedFlag) Set(v string) error {
+	for _, u := range strings.Split(v, ",") {
+		u = strings.TrimSpace(u)
+		p, err := url.Parse(u)
+		if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return fmt.Errorf("%q is not an http or https URL", u)
+		}
+		*f = append(*f, u)
+	}
+	return nil
+}
+
+// seed adds the start URLs when the queue is empty, as clientKey, so that
+// the queue reads as one client (a call without a clientKey counts as
+// another client).
+func seed(ctx context.Context, q *apify.RequestQueueClient, urls []string, clientKey string, out io.Writer) error {
+	info, err := q.Get(ctx)
+	if err != nil {
+		return err
+	}
+	if info.TotalRequestCount > 0 {
+		fmt.Fprintf(out, "crawler: the queue has %d requests; --seed adds nothing\n", info.TotalRequestCount)
+		return nil
+	}
+	reqs := make([]apify.Request, len(urls))
+	for i, u := range urls {
+		reqs[i] = apify.Request{URL: u, UniqueKey: u}
+	}
+	if _, err := q.BatchAddRequests(ctx, reqs, apify.RequestOptions{ClientKey: clientKey}); err != nil {
+		return err
+	}
+	noun := "start URLs"
+	if len(urls) == 1 {
+		noun = "start URL"
+	}
+	fmt.Fprintf(out, "crawler: the queue was empty; added %d %s\n", len(urls), noun)
+	return nil
 }
 
 // syncWriter serializes writes to w.
