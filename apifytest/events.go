@@ -16,8 +16,9 @@ import (
 )
 
 // DefaultRunID is the Actor run the emulator always knows, besides the
-// runs of [WithRunToken] tokens: [Server.EventsURL] is its events URL, and
-// POST /v2/actor-runs/{runId}/reboot accepts it.
+// runs of [WithRunToken] tokens: [Server.EventsURL] is its events URL,
+// POST /v2/actor-runs/{runId}/reboot accepts it, and it has a default queue
+// ([Server.RunQueue]).
 const DefaultRunID = "EmulatorRun000001"
 
 // EventsPathPrefix is where a server made [WithPlatformEvents] serves the

@@ -112,7 +112,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, op Operation, cla
 	c, err := s.authenticate(r)
 	if err == nil {
 		c.now = now
-		err = s.servedRunQueue(r, c)
+		if knownOperation(op) { // the request-queue operations, not the runs' own
+			err = s.servedRunQueue(r, c)
+		}
 	}
 	if err == nil {
 		err = s.rateLimit(w, r, op, class, c)

@@ -87,7 +87,7 @@ func TestRunDefaultQueueOverHTTP(t *testing.T) {
 		t.Errorf("Calls(OpUpdateQueue) = %d", n)
 	}
 	s.FailNext(OpGetQueue, 1, Fault{Status: 503})
-	expectError(t, c.do(OpGetQueue, "GET", rp, nil), 503, "internal-server-error", "FailNext")
+	expectError(t, c.do(OpGetQueue, "GET", rp, nil), 503, "internal-server-error", "Injected fault")
 
 	// Authentication comes first; then a run the emulator does not know is 404.
 	expectError(t, raw(t, s).do(OpGetQueue, "GET", "/v2/actor-runs/NOPE/request-queue", nil), 401, "token-not-provided")

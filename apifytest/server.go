@@ -216,6 +216,7 @@ func New(opts ...Option) (*Server, error) {
 		}
 	}
 	var runIDs []string
+	s.store.runs[DefaultRunID] = "" // the run the emulator always knows (see DefaultRunID)
 	for _, ti := range cfg.tokens {
 		if ti.runID != "" {
 			runIDs = append(runIDs, ti.runID)

@@ -107,7 +107,7 @@ func TestAddFromStdin(t *testing.T) {
 	if n := s.Calls(apifytest.OpBatchAddRequests); n != 3 {
 		t.Errorf("%d batch calls, want 3 (25 a call)", n)
 	}
-	reqs := s.Requests(q)
+	reqs := s.Pending(q) // in the head's order
 	if len(reqs) != 60 || reqs[0].URL != "https://a.test/0" || reqs[1].UniqueKey != "k1" || reqs[1].Method != "POST" ||
 		string(reqs[59].UserData) != `{"depth":59}` || reqs[58].UserData != nil {
 		t.Errorf("the queue: %d requests, %+v %+v", len(reqs), reqs[1], reqs[59])
