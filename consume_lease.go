@@ -189,7 +189,7 @@ func (k *keeper) lose(l *lease, why string, err error) bool {
 	c := k.c
 	c.lost.Add(1)
 	c.log.Warn("apify: Consume: lost the lock on a request; its result will not be recorded here",
-		"queue", c.q.id, "request", l.id, "url", l.url, "why", why, "error", errOrNone(err))
+		"queue", c.queue, "request", l.id, "url", l.url, "why", why, "error", errOrNone(err))
 	return true
 }
 
@@ -345,7 +345,7 @@ func (k *keeper) renew(l *lease) {
 		wait := min(c.backoff(l.fails-1, err), max(time.Until(l.deadline)/4, 10*time.Millisecond))
 		l.mu.Unlock()
 		c.callErrors.Add(1)
-		c.log.Warn("apify: Consume: prolonging a lock failed; trying again", "queue", c.q.id, "request", l.id, "wait", wait, "error", err)
+		c.log.Warn("apify: Consume: prolonging a lock failed; trying again", "queue", c.queue, "request", l.id, "wait", wait, "error", err)
 		k.schedule(l, time.Now().Add(wait))
 	}
 }

@@ -195,7 +195,7 @@ func (c *consumer) lockLoop() {
 			case err == nil:
 				mayHaveStranded = false
 				if res.UnlockedCount > 0 {
-					c.log.Info("apify: Consume released locks a failed head/lock had taken", "queue", c.q.id, "count", res.UnlockedCount)
+					c.log.Info("apify: Consume released locks a failed head/lock had taken", "queue", c.queue, "count", res.UnlockedCount)
 					continue
 				}
 			case c.taking.Err() != nil:

@@ -73,6 +73,15 @@ func (q *RequestQueueClient) setBase(path, rawPath string) {
 // with [Client.RunRequestQueue], which names its queue by the run.
 func (q *RequestQueueClient) ID() string { return q.id }
 
+// label names the queue in log records and errors: its ID, or the run
+// whose default queue it is.
+func (q *RequestQueueClient) label() string {
+	if q.runID != "" {
+		return "the default queue of run " + q.runID
+	}
+	return q.id
+}
+
 // endpoint returns the path of an operation below the queue; suffix must
 // need no escaping (request IDs are escaped by the caller).
 func (q *RequestQueueClient) endpoint(suffix string) endpoint {
