@@ -147,6 +147,9 @@ func (w *eventWatcher) stop() {
 // stopForEvent stops the consumer for a platform event; one that comes
 // during a shutdown already under way shortens it (see shutdownPlan).
 func (c *consumer) stopForEvent(e *eventStop) {
+	if c.queueDone.Load() {
+		return // the queue is done: Consume is returning nil anyway, at once
+	}
 	if !c.event.CompareAndSwap(nil, e) {
 		return // the first event decides
 	}

@@ -302,7 +302,7 @@ func (k *keeper) renew(l *lease) {
 	ctx, cancel := context.WithDeadline(l.ctx, now.Add(max(end.Sub(now)/2, min(end.Sub(now), 50*time.Millisecond))))
 	sent := time.Now()
 	c.calls.Add(1)
-	_, err := c.q.ProlongRequestLock(ctx, l.id, ProlongLockOptions{LockDuration: c.o.LockDuration, ClientKey: c.o.ClientKey, Forefront: true})
+	_, err := c.q.ProlongRequestLock(ctx, l.id, ProlongLockOptions{LockDuration: l.dur, ClientKey: c.o.ClientKey, Forefront: true})
 	cancel()
 
 	l.mu.Lock()
@@ -317,10 +317,12 @@ func (k *keeper) renew(l *lease) {
 		c.renewed.Add(1)
 		l.fails = 0
 		if l.expiry.Stop() { // else it fired: the lease is being lost
-			l.deadline = sent.Add(c.o.LockDuration)
+			// The lock time the API applied to the head/lock, never more:
+			// a prolong's answer does not say whether it applied less.
+			l.deadline = sent.Add(l.dur)
 			l.expiry.Reset(time.Until(l.deadline.Add(-c.margin)))
 		}
-		renewAt := l.deadline.Add(-c.o.LockDuration / 3)
+		renewAt := l.deadline.Add(-l.dur / 3)
 		l.mu.Unlock()
 		k.schedule(l, renewAt)
 	case l.recording && isLockRefused(err):

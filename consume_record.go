@@ -208,6 +208,11 @@ func (c *consumer) release(l *lease, atExit bool) {
 // for their drain) its lock is deleted at once; otherwise the final unlock,
 // which comes right away, releases it with the rest.
 func (c *consumer) unstartRunning(l *lease) {
+	l.mu.Lock()
+	if l.state == leaseRunning {
+		l.state = leaseReleasing // no more renewals: a prolong racing the delete would be refused
+	}
+	l.mu.Unlock()
 	if c.busy.Load() > 1 { // this worker is busy too
 		c.releasing.Add(1)
 		go func() { defer c.releasing.Done(); c.release(l, true) }()

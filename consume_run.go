@@ -61,8 +61,9 @@ type consumer struct {
 
 	// event is the platform event that stopped the consumer, if one did;
 	// replan wakes the shutdown when one comes, to shorten it.
-	event  atomic.Pointer[eventStop]
-	replan chan struct{}
+	event     atomic.Pointer[eventStop]
+	replan    chan struct{}
+	queueDone atomic.Bool
 	// shutdownGrace is how long a handler cancelled at the end of the
 	// drain gets to return before it is abandoned.
 	shutdownGrace atomic.Int64
@@ -147,7 +148,9 @@ func (c *consumer) run(ctx context.Context) (*ConsumeStats, error) {
 		go func() { defer workers.Done(); c.work(i) }()
 	}
 
-	c.lockLoop()
+	if c.lockLoop() {
+		c.queueDone.Store(true) // an event now changes nothing: the crawl is over
+	}
 	c.stopTaking()
 
 	// Shutdown (or the end of the queue: then nothing is held).
