@@ -128,7 +128,7 @@ func (e *eventCrawl) finish(t *testing.T) {
 }
 
 // A migrating event mid-crawl, with 5 s left: Consume stops, releases the
-// prefetched requests at once, lets the running 1 s handlers finish,
+// prefetched requests at once, lets the running 2 s handlers finish,
 // releases every lock of its key and run, and returns ErrMigrating well
 // before the 5 s are out. The restarted run finishes the crawl. The same
 // for aborting, and for SIGTERM (ctx), with shorter handlers.
@@ -142,7 +142,7 @@ func TestConsumeStopsForPlatformEvents(t *testing.T) {
 		stoppedBy string
 		within    time.Duration
 	}{
-		{"migrating", time.Second, func(e *eventCrawl, _ context.CancelFunc) error {
+		{"migrating", 2 * time.Second, func(e *eventCrawl, _ context.CancelFunc) error {
 			return e.srv.SendEvent("migrating", map[string]any{"timeRemainingSecs": 5})
 		}, apify.ErrMigrating, "migrating", 5 * time.Second},
 		{"aborting", 500 * time.Millisecond, func(e *eventCrawl, _ context.CancelFunc) error {
