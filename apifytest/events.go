@@ -46,6 +46,9 @@ const sameRunGrace = 200 * time.Millisecond
 // opRebootRun is the operation of POST /v2/actor-runs/{runId}/reboot.
 const opRebootRun Operation = "actorRun_reboot_post"
 
+// opGetRun is the operation of GET /v2/actor-runs/{runId}.
+const opGetRun Operation = "actorRun_get"
+
 // WithPlatformEvents makes the server serve the Apify platform's events
 // the way the platform serves an Actor run, for testing code that reacts
 // to migrating, aborting and persistState:
@@ -127,27 +130,52 @@ func (p *platform) init(events bool, runIDs []string, now time.Time) {
 	p.conns = map[string]*eventConn{}
 }
 
+// knowRun makes a run known to the platform's endpoints (reboot, events).
+func (p *platform) knowRun(runID string, now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.runs[runID] == nil {
+		p.runs[runID] = &actorRun{startedAt: now}
+	}
+}
+
 // platformRoutes adds the platform's endpoints to the mux.
 func (s *Server) platformRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v2/actor-runs/{runId}/reboot", s.operation(opRebootRun, s.serveReboot))
+	mux.HandleFunc("GET /v2/actor-runs/{runId}", s.operation(opGetRun, s.serveGetRun))
 	if s.platform.events {
 		mux.HandleFunc("GET "+EventsPathPrefix+"{runId}", s.serveEvents)
 		mux.HandleFunc("POST "+sendEventsPath, s.serveSendEvent)
 	}
 }
 
-// runJSON is the part of Apify's run object the emulator fills in.
+// runJSON is the part of Apify's run object the emulator fills in: what
+// Apify's clients and SDKs read of it (Actor.init reads the run; a reboot
+// answers with it).
 type runJSON struct {
-	ID            string  `json:"id"`
-	ActID         string  `json:"actId"`
-	UserID        string  `json:"userId"`
-	StartedAt     string  `json:"startedAt"`
-	FinishedAt    *string `json:"finishedAt"`
-	Status        string  `json:"status"`
-	StatusMessage string  `json:"statusMessage"`
-	Meta          struct {
-		Origin string `json:"origin"`
+	ID                     string  `json:"id"`
+	ActID                  string  `json:"actId"`
+	UserID                 string  `json:"userId"`
+	StartedAt              string  `json:"startedAt"`
+	FinishedAt             *string `json:"finishedAt"`
+	Status                 string  `json:"status"`
+	StatusMessage          string  `json:"statusMessage"`
+	BuildID                string  `json:"buildId"`
+	BuildNumber            string  `json:"buildNumber"`
+	DefaultKeyValueStoreID string  `json:"defaultKeyValueStoreId"`
+	DefaultDatasetID       string  `json:"defaultDatasetId"`
+	DefaultRequestQueueID  string  `json:"defaultRequestQueueId"`
+	ContainerURL           string  `json:"containerUrl"`
+	Meta                   struct {
+		Origin    string `json:"origin"`
+		UserAgent string `json:"userAgent"`
 	} `json:"meta"`
+	Options struct {
+		Build        string `json:"build"`
+		TimeoutSecs  int    `json:"timeoutSecs"`
+		MemoryMbytes int    `json:"memoryMbytes"`
+		DiskMbytes   int    `json:"diskMbytes"`
+	} `json:"options"`
 	Stats struct {
 		RebootCount    int `json:"rebootCount"`
 		MigrationCount int `json:"migrationCount"`
@@ -156,31 +184,64 @@ type runJSON struct {
 	} `json:"stats"`
 }
 
-// serveReboot records a reboot and answers with the run, as Apify does. The
-// runs belong to the default user.
-func (s *Server) serveReboot(w http.ResponseWriter, r *http.Request, c caller) error {
-	runID := r.PathValue("runId")
+// runObject returns the run object of a known run, its default queue made
+// if it had none; ok is false for a run the emulator does not know. The
+// runs belong to the default user: another user gets 403.
+func (s *Server) runObject(runID string, c caller, reboot bool) (runJSON, error) {
 	p := &s.platform
 	p.mu.Lock()
 	run := p.runs[runID]
-	if run == nil {
+	switch {
+	case run == nil:
 		p.mu.Unlock()
-		return errRecordNotFound("Actor run %q was not found", clip(runID))
-	}
-	if c.user != DefaultUser {
+		return runJSON{}, errRecordNotFound("Actor run %q was not found", clip(runID))
+	case c.user != DefaultUser:
 		p.mu.Unlock()
-		return errInsufficientPermissions("You (user %q) may not reboot Actor run %q of user %q", c.user, runID, DefaultUser)
+		verb := "read"
+		if reboot {
+			verb = "reboot"
+		}
+		return runJSON{}, errInsufficientPermissions("You (user %q) may not %s Actor run %q of user %q", c.user, verb, runID, DefaultUser)
 	}
-	run.reboots++
-	p.reboots = append(p.reboots, runID)
+	if reboot {
+		run.reboots++
+		p.reboots = append(p.reboots, runID)
+	}
 	out := runJSON{ID: runID, ActID: "apifytestActor001", StartedAt: formatTime(run.startedAt),
-		Status: "RUNNING", StatusMessage: "Rebooted by the apifytest emulator"}
-	out.Meta.Origin = "API"
+		Status: "RUNNING", StatusMessage: "Running in the apifytest emulator",
+		BuildID: "apifytestBuild001", BuildNumber: "0.0.1",
+		DefaultKeyValueStoreID: "apifytestKvs" + runID, DefaultDatasetID: "apifytestDataset" + runID,
+		ContainerURL: "http://127.0.0.1/"}
+	if reboot {
+		out.StatusMessage = "Rebooted by the apifytest emulator"
+	}
+	out.Meta.Origin, out.Meta.UserAgent = "API", "apifytest"
+	out.Options.Build, out.Options.TimeoutSecs, out.Options.MemoryMbytes, out.Options.DiskMbytes = "latest", 3600, 1024, 2048
 	out.Stats.RebootCount = run.reboots
 	p.mu.Unlock()
+	out.DefaultRequestQueueID, _ = s.store.runQueue(c, runID, true)
 	s.store.mu.Lock()
 	out.UserID = s.store.userNamed(DefaultUser).id
 	s.store.mu.Unlock()
+	return out, nil
+}
+
+// serveReboot records a reboot and answers with the run, as Apify does.
+func (s *Server) serveReboot(w http.ResponseWriter, r *http.Request, c caller) error {
+	out, err := s.runObject(r.PathValue("runId"), c, true)
+	if err != nil {
+		return err
+	}
+	writeData(w, http.StatusOK, out)
+	return nil
+}
+
+// serveGetRun answers GET /v2/actor-runs/{runId} with the run object.
+func (s *Server) serveGetRun(w http.ResponseWriter, r *http.Request, c caller) error {
+	out, err := s.runObject(r.PathValue("runId"), c, false)
+	if err != nil {
+		return err
+	}
 	writeData(w, http.StatusOK, out)
 	return nil
 }

@@ -390,3 +390,64 @@ func TestSecondConnectionWaitsForTheFirstToGo(t *testing.T) {
 	p.wg.Done()
 	p.shutdown(true)
 }
+
+// GET /v2/actor-runs/{runId} answers with the run object Apify's SDKs read
+// (Actor.init of the JS SDK reads it): the run's default queue is the one
+// served under its path. A run made known by RunQueue can be read and
+// rebooted too.
+func TestGetRun(t *testing.T) {
+	clock := NewManualClock(t0)
+	s := Start(t, WithClock(clock), WithToken("tok"), WithUserToken("other-tok", "someone"))
+	get := func(run, token string) (int, map[string]any) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, s.URL+"/v2/actor-runs/"+run, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+			t.Fatalf("GET run %s: %d, not JSON: %v", run, resp.StatusCode, err)
+		}
+		return resp.StatusCode, m
+	}
+	st, m := get(DefaultRunID, "tok")
+	d, _ := m["data"].(map[string]any)
+	if st != 200 || d["id"] != DefaultRunID || d["status"] != "RUNNING" || d["startedAt"] != "2026-03-14T15:09:26.000Z" {
+		t.Fatalf("get run: %d %v", st, m)
+	}
+	if d["defaultRequestQueueId"] != s.RunQueue(DefaultRunID) {
+		t.Errorf("defaultRequestQueueId %v, RunQueue %s", d["defaultRequestQueueId"], s.RunQueue(DefaultRunID))
+	}
+	for _, field := range []string{"actId", "userId", "buildId", "buildNumber", "defaultKeyValueStoreId", "defaultDatasetId", "containerUrl", "options", "meta", "stats"} {
+		if d[field] == nil || d[field] == "" {
+			t.Errorf("the run object has no %s: %v", field, d)
+		}
+	}
+	if st, m := get("NoSuchRun", "tok"); st != 404 || errTypeOf(m) != "record-not-found" {
+		t.Errorf("unknown run: %d %v", st, m)
+	}
+	if st, m := get(DefaultRunID, "other-tok"); st != 403 || errTypeOf(m) != "insufficient-permissions" {
+		t.Errorf("another user: %d %v", st, m)
+	}
+	if st, _ := get(DefaultRunID, ""); st != 401 {
+		t.Errorf("no token: %d", st)
+	}
+	q := s.RunQueue("RunFromRunQueue")
+	if st, m := get("RunFromRunQueue", "tok"); st != 200 || m["data"].(map[string]any)["defaultRequestQueueId"] != q {
+		t.Errorf("a run made known by RunQueue: %d %v", st, m)
+	}
+	if st, _ := post(t, s.URL+"/v2/actor-runs/RunFromRunQueue/reboot", "", "Authorization", "Bearer tok"); st != 200 {
+		t.Errorf("rebooting a run made known by RunQueue: %d", st)
+	}
+	if s.Calls(opGetRun) != 5 {
+		t.Errorf("Calls(opGetRun) = %d, want 5", s.Calls(opGetRun))
+	}
+}

@@ -28,7 +28,9 @@ func (s *Server) RunQueue(runID string) string {
 	if runID == "" {
 		panic("apifytest: RunQueue: the run ID is empty")
 	}
-	id, _ := s.store.runQueue(caller{user: DefaultUser, now: s.store.now()}, runID, true)
+	now := s.store.now()
+	id, _ := s.store.runQueue(caller{user: DefaultUser, now: now}, runID, true)
+	s.platform.knowRun(runID, now)
 	return id
 }
 

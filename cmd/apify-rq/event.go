@@ -34,13 +34,23 @@ func event(ctx context.Context, args []string, stdout, stderr io.Writer, env fun
 	baseURL := fs.String("base-url", "", "the emulator's base `URL` (default $APIFY_API_BASE_URL, else "+defaultServeBase+")")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up after this long")
 
-	// NAME comes first, then the flags.
+	// NAME comes first, or after the flags (event --base-url U migrating).
 	name := ""
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		name, args = args[0], args[1:]
 	}
-	if code, ok := parse(fs, args, stdout, stderr); !ok {
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
 		return code
+	}
+	if rest := fs.Args(); name == "" && len(rest) > 0 {
+		name, rest = rest[0], rest[1:]
+		if code, ok := parseFlags(fs, rest, stdout, stderr); !ok { // flags after NAME too
+			return code
+		}
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "apify-rq event: unexpected argument %q (one event NAME, then --flags)\n", fs.Arg(0))
+		return exitUsage
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

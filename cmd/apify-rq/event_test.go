@@ -103,9 +103,20 @@ func TestServeEventsAndTheEventCommand(t *testing.T) {
 		{[]string{"migrating", "--data", `{"timeRemainingSecs": 3}`}, func(ev apify.PlatformEvent) bool {
 			return ev.TimeRemaining == 3*time.Second
 		}},
+		// The flags may come first, as with the other commands.
+		{[]string{"--time-remaining", "2s", "migrating"}, func(ev apify.PlatformEvent) bool {
+			return ev.Name == "migrating" && ev.TimeRemaining == 2*time.Second
+		}},
+		{[]string{"--migrating", "persistState", "--timeout", "5s"}, func(ev apify.PlatformEvent) bool {
+			return ev.Name == "persistState" && ev.IsMigrating
+		}},
 	} {
 		code, out, errOut := runEvent(env, tc.args...)
-		if code != exitOK || out != "sent "+tc.args[0]+" to 1 connection\n" || errOut != "" {
+		name := tc.args[0]
+		if strings.HasPrefix(name, "--") {
+			name = map[string]string{"--time-remaining": "migrating", "--migrating": "persistState"}[name]
+		}
+		if code != exitOK || out != "sent "+name+" to 1 connection\n" || errOut != "" {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q", tc.args, code, out, errOut)
 			continue
 		}
@@ -171,7 +182,8 @@ func TestEventCommandErrors(t *testing.T) {
 		{"--migrating for another event", nil, []string{"migrating", "--migrating"}, exitUsage, []string{"--migrating goes with persistState only"}},
 		{"--data and a flag it replaces", nil, []string{"persistState", "--migrating", "--data", "{}"}, exitUsage, []string{"--data replaces"}},
 		{"--data not JSON", nil, []string{"x", "--data", "{nope"}, exitUsage, []string{"--data is not valid JSON"}},
-		{"flags before the name", nil, []string{"--time-remaining", "1s", "migrating"}, exitUsage, []string{`unexpected argument "migrating"`}},
+		{"two names", nil, []string{"aborting", "migrating"}, exitUsage, []string{`unexpected argument "migrating"`}},
+		{"two names after the flags", nil, []string{"--timeout", "1s", "aborting", "migrating"}, exitUsage, []string{`unexpected argument "migrating"`}},
 		{"bad base URL", nil, []string{"aborting", "--base-url", "ftp://x"}, exitUsage, []string{"--base-url must be"}},
 		{"base URL with a query", nil, []string{"aborting", "--base-url", "http://x/?token=t"}, exitUsage, []string{"--base-url must be"}},
 		{"bad timeout", nil, []string{"aborting", "--timeout", "0s"}, exitUsage, []string{"--timeout must be positive"}},
