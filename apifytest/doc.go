@@ -56,6 +56,7 @@
 //
 // and, outside the request-queue API:
 //
+//	GET    /v2/actor-runs/{runId}                            the run object (its defaultRequestQueueId is Server.RunQueue's)
 //	POST   /v2/actor-runs/{runId}/reboot                     recorded (Server.Reboots); 200 with the run
 //
 // Requests get the IDs Apify gives them (see [RequestID]); adding a
