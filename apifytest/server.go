@@ -192,7 +192,7 @@ func New(opts ...Option) (*Server, error) {
 	}
 	s := &Server{
 		store:   newStore(cfg.clock),
-		faults:  faults{calls: map[Operation]int{}, limited: map[Operation]int{}, pending: map[Operation][]pendingFault{}},
+		faults:  faults{calls: map[Operation]int{}, limited: map[Operation]int{}, faulted: map[Operation]int{}, pending: map[Operation][]pendingFault{}},
 		tokens:  cfg.tokens,
 		plain:   cfg.plain,
 		limiter: rateLimiter{limits: DefaultRateLimits, tat: map[rateKey]time.Time{}},
@@ -320,11 +320,11 @@ func (s *Server) Start() {
 }
 
 // Close stops the server: it stops listening, drops the calls an injected
-// Delay or Hang holds, waits (up to 5 seconds) for other calls in flight,
-// and closes every connection. It may be called more than once, and on a
-// server never started (whose held calls it drops too).
+// Delay, Hang or ResponseDelay holds, waits (up to 5 seconds) for other
+// calls in flight, and closes every connection. It may be called more than
+// once, and on a server never started (whose held calls it drops too).
 func (s *Server) Close() {
-	s.faults.release() // calls held by a Delay or a Hang end now
+	s.faults.release() // calls held by a Delay, a Hang or a ResponseDelay end now
 	s.mu.Lock()
 	srv, done := s.srv, s.done
 	s.srv = nil
