@@ -23,10 +23,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// soakDuration is how long TestSoak's chaos lasts: 1.5 s by default, 20 s
-// with APIFY_SOAK=full, or as long as APIFY_SOAK says (APIFY_SOAK=5m).
+// soakDuration is how long TestSoak's chaos lasts: 1.2 s by default (about
+// 1.5 s with the finish), 20 s with APIFY_SOAK=full, or as long as
+// APIFY_SOAK says (APIFY_SOAK=5m).
 func soakDuration(t *testing.T) time.Duration {
-	_, d := apify.LongMode(t, 1500*time.Millisecond, 20*time.Second)
+	_, d := apify.LongMode(t, 1200*time.Millisecond, 20*time.Second)
 	return d
 }
 
@@ -44,7 +45,7 @@ const (
 )
 
 // TestSoak runs several Consume calls (distinct clientKeys) on one queue
-// over loopback for the soak's duration (1.5 s by default, 20 s in full;
+// over loopback for the soak's duration (1.2 s by default, 20 s in full;
 // see soakDuration), while the emulator injects faults into every
 // operation they use: 5xx, 429 with Retry-After, dropped connections,
 // answers lost after the work was done (DropResponse), calls held before
@@ -73,7 +74,7 @@ const (
 // the goroutines come back to where they started.
 func TestSoak(t *testing.T) {
 	if testing.Short() {
-		t.Skip("soak: 1.5 s to 20 s")
+		t.Skip("soak: 1.5 s to 20 s of loopback calls")
 	}
 	runtime.GC()
 	var before runtime.MemStats
