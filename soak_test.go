@@ -384,9 +384,8 @@ func soak(t *testing.T, chaos time.Duration) soakSummary {
 // supervise runs slot's Consume calls until the chaos is over: each is
 // stopped after 150 to 500 ms (even slots) or 600 to 1500 ms (odd ones),
 // or when it returned by itself, and another started, every other time
-// under the same clientKey. Once the chaos is
-// over, the consumer is stopped, or, for the finisher, finishes the queue
-// and returns by itself.
+// under the same clientKey. Once the chaos is over, the consumer is
+// stopped, or, for the finisher, finishes the queue and returns by itself.
 func (sk *soaker) supervise(slot int, finisher bool) {
 	t := sk.t
 	key := fmt.Sprintf("soak-%d", slot)
@@ -464,11 +463,17 @@ func (sk *soaker) supervise(slot int, finisher bool) {
 		life := time.NewTimer(lifetime)
 		select {
 		case <-done:
+			// It returned by itself: the queue was done (for now), or its
+			// start failed under the faults. Start again soon; once the
+			// chaos is over, only the finisher goes on, until a Consume
+			// of its returns nil.
 			life.Stop()
 			cancel()
-			select { // returned by itself (the queue looked done, or a failed start): start again soon
+			select {
 			case <-sk.chaosOver:
-				return
+				if !finisher || g.err == nil {
+					return
+				}
 			case <-time.After(20 * time.Millisecond):
 			}
 		case <-life.C:
@@ -540,11 +545,8 @@ func (sk *soaker) handler(g *soakGen) apify.Handler {
 			failed = false // its process is gone: nothing of it is recorded
 			return errors.New("killed")
 		case <-ctx.Done():
-			cause := context.Cause(ctx)
-			// A timeout is a failed attempt; a lost lock or the shutdown
-			// cuts the run short without its result being recorded.
-			failed = errors.Is(cause, apify.ErrHandlerTimeout)
-			return cause
+			failed = failedAttempt(ctx)
+			return context.Cause(ctx)
 		}
 		if slow {
 			// The page links to one more: the queue does not run dry. Now
@@ -562,7 +564,7 @@ func (sk *soaker) handler(g *soakGen) apify.Handler {
 			sk.mu.Unlock()
 			reg, err := sk.adder.RequestQueue(sk.queueID).AddRequest(ctx, apify.Request{URL: u, UniqueKey: u}, apify.RequestOptions{ClientKey: "soak-links"})
 			if err != nil {
-				failed = ctx.Err() == nil
+				failed = failedAttempt(ctx)
 				return fmt.Errorf("adding a discovered link: %w", err)
 			}
 			sk.mu.Lock()
@@ -572,6 +574,15 @@ func (sk *soaker) handler(g *soakGen) apify.Handler {
 		ok, failed = true, false
 		return nil
 	}
+}
+
+// failedAttempt reports whether a handler that returns an error now fails
+// an attempt (it is recorded, and the request retried): unless a lost lock
+// or the shutdown ended its ctx, which cut the run short without its result
+// being recorded.
+func failedAttempt(ctx context.Context) bool {
+	cause := context.Cause(ctx)
+	return !errors.Is(cause, apify.ErrLockLost) && !errors.Is(cause, apify.ErrShuttingDown)
 }
 
 // startRun records a run, and checks that no earlier run of the request is
