@@ -675,7 +675,11 @@ func (sk *soaker) check(serverCalls int, faults map[apifytest.Operation]int, cha
 	assert.LessOrEqual(t, s.notSent, 1+s.stats.APICalls/200, "APICalls counts calls that never left the client")
 	assert.Positive(t, s.stats.LocksRenewed, "long handlers had their locks renewed")
 	assert.Positive(t, s.stats.CallErrors, "some calls failed after the client's retries")
-	assert.Positive(t, s.sameKeyRestarts, "consumers restarted under the same clientKey")
+	if chaos >= 5*time.Second { // the brief soak may not get there
+		assert.Positive(t, s.sameKeyRestarts, "consumers restarted under the same clientKey")
+		assert.Positive(t, s.kills, "consumers killed")
+		assert.Positive(t, s.stats.RecoveredAtStart, "locks of killed consumers recovered at a restart")
+	}
 
 	// The calls add up: every attempt a client logged reached the
 	// emulator, but those of killed processes and those that ended with
