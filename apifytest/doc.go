@@ -110,6 +110,10 @@
 //     end of the delay;
 //   - never answer (Hang): the call is held until the caller gives up or
 //     the server is closed, and nothing is done;
+//   - serve the call at once, making its changes with the clock read as it
+//     arrives, and hold the answer back for a while (ResponseDelay): a slow
+//     answer, whose caller may give up while the work is already done (its
+//     answer is then lost);
 //   - serve the call, making its changes, and then drop the connection
 //     before the answer (DropResponse): a lost answer, which the SDK
 //     retries when the call is idempotent, and whose retry finds the new
@@ -119,11 +123,12 @@
 // call in n (Every), so a chaos test can, say, lose every 7th head/lock
 // answer or hang one request's prolongs, deterministically. A call gets
 // one fault at most: FailNext's first, then InjectFault's in the order
-// injected. A Delay or a Hang ends when the caller's request context ends
-// (a client timeout, a closed connection) or the server is closed; it is
-// waited in real time, which is fake time inside a testing/synctest bubble
-// (with [NewUnstartedServer] and its in-memory Client). [Server.Calls]
-// counts the calls an operation received, faulted and held ones included.
+// injected. A Delay, a Hang or a ResponseDelay ends when the caller's
+// request context ends (a client timeout, a closed connection) or the
+// server is closed; it is waited in real time, which is fake time inside a
+// testing/synctest bubble (with [NewUnstartedServer] and its in-memory
+// Client). [Server.Calls] counts the calls an operation received, faulted
+// and held ones included, and [Server.Faulted] those given a fault.
 // [WithClock] with a [ManualClock] moves time only when the test says so.
 //
 // # Platform events
@@ -334,9 +339,10 @@
 //     use the emulator's IP address or localhost.
 //   - Time is UTC with millisecond precision; a lock has expired from its
 //     lockExpiresAt on. Each call reads the clock once, when it arrives
-//     (after an injected Delay), and all of it (expiring locks, the new
-//     expiry, timestamps, the rate limit) happens at that instant. Injected
-//     faults that fail a call answer before authentication and before any
-//     state changes. Rate limits are modelled only with
-//     [WithRateLimits] (see Rate limits); FailNext injects any other 429.
+//     (after an injected Delay, before a ResponseDelay), and all of it
+//     (expiring locks, the new expiry, timestamps, the rate limit) happens
+//     at that instant. Injected faults that fail a call answer before
+//     authentication and before any state changes. Rate limits are
+//     modelled only with [WithRateLimits] (see Rate limits); FailNext
+//     injects any other 429.
 package apifytest

@@ -196,7 +196,7 @@ func New(opts ...Option) (*Server, error) {
 	}
 	s := &Server{
 		store:   newStore(cfg.clock),
-		faults:  faults{calls: map[Operation]int{}, limited: map[Operation]int{}, pending: map[Operation][]pendingFault{}},
+		faults:  faults{calls: map[Operation]int{}, limited: map[Operation]int{}, faulted: map[Operation]int{}, pending: map[Operation][]pendingFault{}},
 		tokens:  cfg.tokens,
 		plain:   cfg.plain,
 		limiter: rateLimiter{limits: DefaultRateLimits, tat: map[rateKey]time.Time{}},
@@ -333,14 +333,14 @@ func (s *Server) Start() {
 }
 
 // Close stops the server: it stops listening, drops the calls an injected
-// Delay or Hang holds, waits (up to 5 seconds) for other calls in flight,
-// and closes every connection, platform events connections included (with
-// code 1001 going away, waiting for their handlers to end). It may be called
-// more than once, and on a server never started (whose held calls it drops
-// too); a server served by [Server.HTTPServer] should be closed too, after
-// its http.Server, to end its events connections.
+// Delay, Hang or ResponseDelay holds, waits (up to 5 seconds) for other
+// calls in flight, and closes every connection, platform events connections
+// included (with code 1001 going away, waiting for their handlers to end).
+// It may be called more than once, and on a server never started (whose
+// held calls it drops too); a server served by [Server.HTTPServer] should be
+// closed too, after its http.Server, to end its events connections.
 func (s *Server) Close() {
-	s.faults.release() // calls held by a Delay or a Hang end now
+	s.faults.release() // calls held by a Delay, a Hang or a ResponseDelay end now
 	defer s.platform.shutdown(true)
 	s.mu.Lock()
 	srv, done := s.srv, s.done
