@@ -55,6 +55,9 @@ func (c *consumer) process(l *lease) bool {
 		c.unstartRunning(l) // stopping: start no new work
 		return false
 	}
+	if l.after != nil && !c.checkRelocked(l) {
+		return false
+	}
 	req, ok := c.fetch(l)
 	if !ok {
 		return false
@@ -162,6 +165,36 @@ func (c *consumer) abandon(l *lease, orig *Request, cause error) {
 	case !l.lost():
 		c.keeper.finish(l) // shutting down: the final unlock releases it
 	}
+}
+
+// checkRelocked makes sure that a request locked again while its earlier
+// release was under way is still ours: it waits for that release to end
+// (a retry of it, after a lost answer, may have deleted the new lock) and
+// prolongs the lock. It reports false when the lock is gone: the request is
+// back in the queue (or someone else's), and is skipped here.
+func (c *consumer) checkRelocked(l *lease) bool {
+	select {
+	case <-l.after.ctx.Done():
+	case <-l.ctx.Done():
+		return false
+	}
+	var sent time.Time
+	err := c.underLease(l, "prolong a lock taken again", func(ctx context.Context) error {
+		sent = time.Now()
+		_, err := c.q.ProlongRequestLock(ctx, l.id, ProlongLockOptions{LockDuration: l.dur, ClientKey: c.o.ClientKey, Forefront: true})
+		return err
+	})
+	switch {
+	case err == nil:
+		c.keeper.prolonged(l, sent)
+		return true
+	case isLockRefused(err):
+		c.log.Info("apify: Consume: a request locked again while its release was retried lost that lock to the retry; skipped", "queue", c.queue, "request", l.id)
+		c.keeper.finish(l)
+	default:
+		c.leaseCallFailed(l, err)
+	}
+	return false
 }
 
 // fetch gets the whole request under the lease, retrying transient failures
