@@ -136,7 +136,11 @@ func (w *eventWatcher) stop() {
 	close(w.done)
 	done := make(chan struct{})
 	go func() { w.wg.Wait(); close(done) }()
-	if !waitFor(done, w.c.o.ShutdownTimeout) {
+	wait := w.c.o.ShutdownTimeout
+	if e := w.c.event.Load(); e != nil {
+		wait = min(wait, max(time.Until(e.end()), 0)) // the caller must act on the event in time
+	}
+	if !waitFor(done, wait) {
 		w.c.log.Warn("apify: Consume: returning while OnPersistState still runs", "queue", w.c.queue)
 	}
 	if w.own {

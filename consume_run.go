@@ -134,7 +134,10 @@ func (c *consumer) run(ctx context.Context) (*ConsumeStats, error) {
 
 	if err := c.recoverLocks(ctx); err != nil {
 		if e := c.event.Load(); e != nil {
-			return c.stats(), e.err // stopped during the start-up
+			// Stopped during the start-up, whose unlock it cut short: the
+			// locks an earlier run of this key left are still there.
+			c.finalUnlock(ctx)
+			return c.stats(), e.err
 		}
 		return c.stats(), err
 	}
@@ -185,18 +188,7 @@ func (c *consumer) run(ctx context.Context) (*ConsumeStats, error) {
 	c.keeper.wg.Wait()
 	c.releasing.Wait()
 
-	timeout := c.o.ShutdownTimeout
-	if e := c.event.Load(); e != nil {
-		// Whatever is left before the platform kills the process.
-		timeout = min(timeout, max(time.Until(e.at.Add(e.remaining))-100*time.Millisecond, 100*time.Millisecond))
-	}
-	c.calls.Add(1)
-	res, err := c.q.UnlockAtShutdown(ctx, c.o.ClientKey, timeout)
-	if err != nil {
-		c.log.Error("apify: Consume: releasing the locks at exit failed; they expire on their own", "queue", c.queue, "lockDuration", c.o.LockDuration, "error", err)
-	} else {
-		c.released.Add(int64(res.UnlockedCount))
-	}
+	c.finalUnlock(ctx)
 	switch fatal, e := c.fatal.Load(), c.event.Load(); {
 	case fatal != nil:
 		return c.stats(), *fatal
@@ -206,6 +198,24 @@ func (c *consumer) run(ctx context.Context) (*ConsumeStats, error) {
 		return c.stats(), ctx.Err()
 	}
 	return c.stats(), nil
+}
+
+// finalUnlock releases every lock of the clientKey (and, with a run's
+// token, of the run), bounded by ShutdownTimeout, or by what a platform
+// event leaves.
+func (c *consumer) finalUnlock(ctx context.Context) {
+	timeout := c.o.ShutdownTimeout
+	if e := c.event.Load(); e != nil {
+		// Whatever is left before the platform kills the process.
+		timeout = min(timeout, max(time.Until(e.at.Add(e.remaining))-100*time.Millisecond, 100*time.Millisecond))
+	}
+	c.calls.Add(1)
+	res, err := c.q.UnlockAtShutdown(ctx, c.o.ClientKey, timeout)
+	if err != nil {
+		c.log.Error("apify: Consume: releasing the locks at exit failed; they expire on their own", "queue", c.queue, "lockDuration", c.o.LockDuration, "error", err)
+		return
+	}
+	c.released.Add(int64(res.UnlockedCount))
 }
 
 // shutdownPlan says, for a shutdown that started at start, when the drain

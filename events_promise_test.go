@@ -2,7 +2,6 @@ package apify_test
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
@@ -12,21 +11,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Two ways Consume breaks the promise of a migrating event (every lock of
+// Two ways Consume broke the promise of a migrating event (every lock of
 // its clientKey and run released, and Consume returned, before the time
-// remaining runs out), found while measuring BenchmarkMigrating. Both
-// tests fail on the code they were written against; they are skipped unless
-// APIFY_KNOWN_BUGS=1, so that `go test ./...` stays green until the fix,
-// which should remove skipKnownBug from them:
-//
-//	APIFY_KNOWN_BUGS=1 go test -run 'TestConsumeMigratingDuring' -v .
-
-func skipKnownBug(t *testing.T) {
-	t.Helper()
-	if os.Getenv("APIFY_KNOWN_BUGS") == "" {
-		t.Skip("a known breach of Consume's migrating promise (see events_promise_test.go); APIFY_KNOWN_BUGS=1 runs it")
-	}
-}
+// remaining runs out), found while measuring BenchmarkMigrating; each test
+// failed before its fix.
 
 // A restarted run finds locks its key left (the earlier process was
 // killed), and migrating comes while the start-up unlock that would release
@@ -35,7 +23,6 @@ func skipKnownBug(t *testing.T) {
 // at once with ErrMigrating and left the 10 locks (the start-up unlock was
 // cancelled by the event, and the final unlock is never made on that path).
 func TestConsumeMigratingDuringStartUpReleasesTheLocksOfAnEarlierRun(t *testing.T) {
-	skipKnownBug(t)
 	t.Parallel()
 	e := newEventCrawl(t, 100, time.Second)
 	events := e.subscribe(t)
@@ -66,7 +53,6 @@ func TestConsumeMigratingDuringStartUpReleasesTheLocksOfAnEarlierRun(t *testing.
 // OnPersistState up to ShutdownTimeout (5 s) and returned after 6 s of a
 // migrating with 2 s left (the locks were released in time).
 func TestConsumeMigratingDuringOnPersistStateReturnsInTime(t *testing.T) {
-	skipKnownBug(t)
 	t.Parallel()
 	e := newEventCrawl(t, 100, time.Second)
 	events := e.subscribe(t)
