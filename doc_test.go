@@ -80,6 +80,9 @@ func Doc() {}
 func NoDoc() {}
 func unexported() {}
 
+//go:noinline
+func DirectiveOnly() {}
+
 // T is documented.
 type T struct {
 	// A is documented.
@@ -167,23 +170,24 @@ var _ = 2
 	got := undocumented(fset, f)
 	want := []string{
 		"p.go:5:6: func NoDoc",
-		"p.go:13:2: field T.D",
-		"p.go:13:5: field T.E",
-		"p.go:18:3: field T.Nested.Out",
-		"p.go:20:2: field T.Ptr",
-		"p.go:20:15: field T.Ptr.Deep",
-		"p.go:21:2: field T.Embedded",
-		"p.go:22:3: field T.PtrEmbedded",
-		"p.go:26:6: type U",
-		"p.go:30:11: method T.N",
-		"p.go:32:13: method G.P",
-		"p.go:33:17: method H.Q",
-		"p.go:38:23: field G.X",
-		"p.go:47:2: method I.Bare",
-		"p.go:61:2: type W2",
-		"p.go:74:2: const L2",
-		"p.go:75:2: const L3",
-		"p.go:80:5: var Single",
+		"p.go:9:6: func DirectiveOnly",
+		"p.go:16:2: field T.D",
+		"p.go:16:5: field T.E",
+		"p.go:21:3: field T.Nested.Out",
+		"p.go:23:2: field T.Ptr",
+		"p.go:23:15: field T.Ptr.Deep",
+		"p.go:24:2: field T.Embedded",
+		"p.go:25:3: field T.PtrEmbedded",
+		"p.go:29:6: type U",
+		"p.go:33:11: method T.N",
+		"p.go:35:13: method G.P",
+		"p.go:36:17: method H.Q",
+		"p.go:41:23: field G.X",
+		"p.go:50:2: method I.Bare",
+		"p.go:64:2: type W2",
+		"p.go:77:2: const L2",
+		"p.go:78:2: const L3",
+		"p.go:83:5: var Single",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("undocumented reported\n\t%s\nwant\n\t%s", strings.Join(got, "\n\t"), strings.Join(want, "\n\t"))
@@ -200,7 +204,7 @@ func undocumented(fset *token.FileSet, f *ast.File) []string {
 	for _, decl := range f.Decls {
 		switch d := decl.(type) {
 		case *ast.FuncDecl:
-			if !d.Name.IsExported() || d.Doc != nil {
+			if !d.Name.IsExported() || documented(d.Doc) {
 				continue
 			}
 			if d.Recv == nil {
@@ -215,12 +219,12 @@ func undocumented(fset *token.FileSet, f *ast.File) []string {
 					if !s.Name.IsExported() {
 						continue
 					}
-					if d.Doc == nil && s.Doc == nil && s.Comment == nil {
+					if !documented(d.Doc, s.Doc, s.Comment) {
 						report(s.Name.Pos(), "type", s.Name.Name)
 					}
 					members(s.Name.Name, s.Type, report)
 				case *ast.ValueSpec:
-					if d.Doc != nil || s.Doc != nil || s.Comment != nil {
+					if documented(d.Doc, s.Doc, s.Comment) {
 						continue
 					}
 					for _, n := range s.Names {
@@ -233,6 +237,17 @@ func undocumented(fset *token.FileSet, f *ast.File) []string {
 		}
 	}
 	return out
+}
+
+// documented reports whether any of the comments says something: a
+// directive such as //go:noinline alone is no documentation.
+func documented(comments ...*ast.CommentGroup) bool {
+	for _, c := range comments {
+		if c.Text() != "" { // Text drops directives; a nil group has none
+			return true
+		}
+	}
+	return false
 }
 
 // members reports the undocumented exported fields and interface methods of
@@ -253,7 +268,7 @@ func members(owner string, x ast.Expr, report func(pos token.Pos, kind, name str
 					if !name.IsExported() {
 						continue
 					}
-					if fl.Doc == nil && fl.Comment == nil {
+					if !documented(fl.Doc, fl.Comment) {
 						report(name.Pos(), "field", owner+"."+name.Name)
 					}
 					// The fields of the field's own anonymous struct type.
@@ -264,7 +279,7 @@ func members(owner string, x ast.Expr, report func(pos token.Pos, kind, name str
 		case *ast.InterfaceType:
 			for _, fl := range n.Methods.List {
 				for _, name := range fl.Names { // none for an embedded type
-					if name.IsExported() && fl.Doc == nil && fl.Comment == nil {
+					if name.IsExported() && !documented(fl.Doc, fl.Comment) {
 						report(name.Pos(), "method", owner+"."+name.Name)
 					}
 				}
