@@ -20,10 +20,19 @@ var ErrUnprocessed = errors.New("left unprocessed")
 
 // AddedRequest is a request that BatchAddRequests processed.
 type AddedRequest struct {
-	RequestID         string `json:"requestId"`
-	UniqueKey         string `json:"uniqueKey"`
-	WasAlreadyPresent bool   `json:"wasAlreadyPresent"`
-	WasAlreadyHandled bool   `json:"wasAlreadyHandled"`
+	// RequestID is the requestId the API reports: the ID of the request
+	// added, or of the one with the same UniqueKey the queue already held.
+	RequestID string `json:"requestId"`
+	// UniqueKey is the uniqueKey of the request, which pairs this result
+	// with the request given.
+	UniqueKey string `json:"uniqueKey"`
+	// WasAlreadyPresent reports that a request with the same UniqueKey was
+	// in the queue: nothing was added. After a retried call it can be true
+	// for a request the call itself added in an attempt whose answer was
+	// lost.
+	WasAlreadyPresent bool `json:"wasAlreadyPresent"`
+	// WasAlreadyHandled reports that the request already there was handled.
+	WasAlreadyHandled bool `json:"wasAlreadyHandled"`
 }
 
 // BatchAddResult is the result of [RequestQueueClient.BatchAddRequests].
@@ -141,7 +150,12 @@ func containsKey(rs []Request, key string) bool {
 
 // RequestRef names a request to delete: by ID, by UniqueKey, or both.
 type RequestRef struct {
-	ID        string `json:"id,omitempty"`
+	// ID is the request's id; leave it empty to name the request by
+	// UniqueKey alone. In a result it is the id the API reported, if any.
+	ID string `json:"id,omitempty"`
+	// UniqueKey is the request's uniqueKey; leave it empty to name the
+	// request by ID alone. In a result it is the uniqueKey the API
+	// reported, if any.
 	UniqueKey string `json:"uniqueKey,omitempty"`
 }
 

@@ -60,6 +60,8 @@ var (
 // machine-readable error type (an open set: compare, don't switch
 // exhaustively), and RetryAfter says when the API is willing to be asked again.
 type APIError struct {
+	// StatusCode is the response's HTTP status: 4xx or 5xx, or 3xx for a
+	// redirect, which is never followed (and matches [ErrUnexpectedResponse]).
 	StatusCode int
 	// Type is the API's error.type, such as "record-not-found"; "" when the
 	// body was not the API's error envelope (a proxy's HTML page, say).
@@ -67,9 +69,10 @@ type APIError struct {
 	// Message is the API's error.message or, when the body was not the error
 	// envelope, at most 512 bytes of the body.
 	Message string
-	// Method and Path are the request's, Path as sent (escaped, without the query).
+	// Method is the request's HTTP method, such as "POST".
 	Method string
-	Path   string
+	// Path is the request's URL path as sent: escaped, without the query.
+	Path string
 	// Attempts is how many attempts the call made, retries included. In
 	// the Last of a [RequestError] it is the RequestError's Attempts: an
 	// attempt the context cut off counts, though this response came from
@@ -164,8 +167,10 @@ func (e *APIError) Temporary() bool { return retryableStatus(e.StatusCode) }
 // included, and Last.Attempts says the same, so neither depends on where
 // the deadline landed.
 type RequestError struct {
+	// Method is the request's HTTP method, such as "POST".
 	Method string
-	Path   string // as sent, escaped, without the query
+	// Path is the request's URL path as sent: escaped, without the query.
+	Path string
 	// Attempts is how many attempts the call started.
 	Attempts int
 	// Err is the cause: the context's error, a network error, or an

@@ -75,11 +75,22 @@ type lockedHeadData struct {
 
 // LockedRequest is a request locked by [RequestQueueClient.ListAndLockHead].
 type LockedRequest struct {
-	ID            string    `json:"id"`
-	UniqueKey     string    `json:"uniqueKey"`
-	URL           string    `json:"url"`
-	Method        string    `json:"method"`
-	RetryCount    int       `json:"retryCount"`
+	// ID is the request's id, never empty: the ID to prolong or delete the
+	// lock with, or to mark the request handled with.
+	ID string `json:"id"`
+	// UniqueKey is the request's uniqueKey.
+	UniqueKey string `json:"uniqueKey"`
+	// URL is the request's url.
+	URL string `json:"url"`
+	// Method is the request's method, such as "GET"; empty when the API
+	// left it out, which means GET.
+	Method string `json:"method"`
+	// RetryCount is the request's retryCount: how many times it has been
+	// put back after a failed attempt; 0 when the API left it out.
+	RetryCount int `json:"retryCount"`
+	// LockExpiresAt is the lock's lockExpiresAt, never zero: when the lock
+	// ends unless prolonged, by the API's clock, which may differ from the
+	// local one.
 	LockExpiresAt time.Time `json:"lockExpiresAt"`
 }
 
@@ -164,11 +175,18 @@ type QueueHead struct {
 
 // HeadRequest is a request at the head of the queue.
 type HeadRequest struct {
-	ID         string `json:"id"`
-	UniqueKey  string `json:"uniqueKey"`
-	URL        string `json:"url"`
-	Method     string `json:"method"`
-	RetryCount int    `json:"retryCount"`
+	// ID is the request's id.
+	ID string `json:"id"`
+	// UniqueKey is the request's uniqueKey.
+	UniqueKey string `json:"uniqueKey"`
+	// URL is the request's url.
+	URL string `json:"url"`
+	// Method is the request's method, such as "GET"; empty when the API
+	// left it out, which means GET.
+	Method string `json:"method"`
+	// RetryCount is the request's retryCount: how many times it has been
+	// put back after a failed attempt; 0 when the API left it out.
+	RetryCount int `json:"retryCount"`
 }
 
 // ListHead returns the first pending requests of the queue without locking

@@ -37,19 +37,28 @@ func (a GeneralAccess) valid() bool {
 
 // RequestQueueInfo is a queue's metadata and counts, as the API reports them.
 type RequestQueueInfo struct {
+	// ID is the queue's id, never empty: the ID to pass to
+	// [Client.RequestQueue].
 	ID string `json:"id"`
 	// Name is "" for an unnamed queue.
-	Name   string `json:"name"`
+	Name string `json:"name"`
+	// UserID is the queue's userId: the ID of the user who owns it.
 	UserID string `json:"userId"`
 	// Username is the owner's username; the API sends it in some answers only.
 	Username string `json:"username,omitempty"`
-	// ActID and ActRunID are the Actor and the run that created the queue, if any.
-	ActID    string `json:"actId,omitempty"`
+	// ActID is the queue's actId: the ID of the Actor that created it;
+	// empty when no Actor did.
+	ActID string `json:"actId,omitempty"`
+	// ActRunID is the queue's actRunId: the ID of the Actor run that
+	// created it; empty when no run did.
 	ActRunID string `json:"actRunId,omitempty"`
 
+	// CreatedAt is the queue's createdAt: when it was created.
 	CreatedAt time.Time `json:"createdAt"`
 	// ModifiedAt is when requests were last added, updated, removed, locked or unlocked.
 	ModifiedAt time.Time `json:"modifiedAt"`
+	// AccessedAt is the queue's accessedAt: when it was last read or
+	// written.
 	AccessedAt time.Time `json:"accessedAt"`
 
 	// TotalRequestCount counts every request in the queue, handled or not.
@@ -61,7 +70,11 @@ type RequestQueueInfo struct {
 	// HadMultipleClients reports whether more than one client has used the queue.
 	HadMultipleClients bool `json:"hadMultipleClients"`
 
-	ConsoleURL    string        `json:"consoleUrl,omitempty"`
+	// ConsoleURL is the queue's consoleUrl: where to view it in Apify
+	// Console; empty when the API sent none.
+	ConsoleURL string `json:"consoleUrl,omitempty"`
+	// GeneralAccess is the queue's generalAccess: who besides its owner may
+	// read it; empty when the API sent none.
 	GeneralAccess GeneralAccess `json:"generalAccess,omitempty"`
 	// Stats are the API's operation counters; nil when it sent none.
 	Stats *RequestQueueStats `json:"stats,omitempty"`
@@ -69,11 +82,21 @@ type RequestQueueInfo struct {
 
 // RequestQueueStats are a queue's operation counters.
 type RequestQueueStats struct {
-	ReadCount         int64 `json:"readCount"`
-	WriteCount        int64 `json:"writeCount"`
-	DeleteCount       int64 `json:"deleteCount"`
+	// ReadCount is the stats' readCount: how many read operations the
+	// queue has served.
+	ReadCount int64 `json:"readCount"`
+	// WriteCount is the stats' writeCount: how many write operations the
+	// queue has served.
+	WriteCount int64 `json:"writeCount"`
+	// DeleteCount is the stats' deleteCount: how many delete operations
+	// the queue has served.
+	DeleteCount int64 `json:"deleteCount"`
+	// HeadItemReadCount is the stats' headItemReadCount: how many times
+	// requests were read from the queue's head.
 	HeadItemReadCount int64 `json:"headItemReadCount"`
-	StorageBytes      int64 `json:"storageBytes"`
+	// StorageBytes is the stats' storageBytes: how many bytes the queue
+	// takes in storage.
+	StorageBytes int64 `json:"storageBytes"`
 }
 
 // DefaultRequestQueueID returns the ID of the Actor run's default request
@@ -185,10 +208,15 @@ type RequestQueueList struct {
 	Items []RequestQueueInfo `json:"items"`
 	// Total is how many queues match, on every page.
 	Total int `json:"total"`
-	// Offset, Limit and Desc are the page the API returned.
-	Offset int  `json:"offset"`
-	Limit  int  `json:"limit"`
-	Desc   bool `json:"desc"`
+	// Offset is how many queues come before this page, as the API echoes
+	// it.
+	Offset int `json:"offset"`
+	// Limit is the most queues the page may hold, as the API echoes it:
+	// the call's Limit, or the API's default when that was 0.
+	Limit int `json:"limit"`
+	// Desc reports whether the queues are listed newest first, as the API
+	// echoes it.
+	Desc bool `json:"desc"`
 	// Count is len(Items).
 	Count int `json:"count"`
 }

@@ -12,20 +12,44 @@ import (
 // it got. UniqueKey and URL are required; the queue deduplicates by UniqueKey.
 type Request struct {
 	// ID is assigned by the queue (derived from UniqueKey); leave it empty when adding.
-	ID        string `json:"id,omitempty"`
+	ID string `json:"id,omitempty"`
+	// UniqueKey is the request's uniqueKey, the key the queue deduplicates
+	// by: adding a request whose UniqueKey the queue already holds adds
+	// nothing. It is required; the URL itself is a common choice.
 	UniqueKey string `json:"uniqueKey"`
-	URL       string `json:"url"`
+	// URL is the request's url, the address to fetch; required.
+	URL string `json:"url"`
 	// Method is the HTTP method to fetch URL with; empty means GET.
-	Method     string `json:"method,omitempty"`
-	RetryCount int    `json:"retryCount,omitzero"`
-	LoadedURL  string `json:"loadedUrl,omitempty"`
-	// Payload, Headers and UserData are kept as raw JSON so that a request
-	// read and written back loses nothing.
-	Payload       json.RawMessage `json:"payload,omitempty"`
-	Headers       json.RawMessage `json:"headers,omitempty"`
-	UserData      json.RawMessage `json:"userData,omitempty"`
-	NoRetry       bool            `json:"noRetry,omitzero"`
-	ErrorMessages []string        `json:"errorMessages,omitempty"`
+	Method string `json:"method,omitempty"`
+	// RetryCount is the request's retryCount: how many times it has been
+	// put back after a failed attempt, 0 for a new one.
+	// [RequestQueueClient.Consume] adds 1 each time it puts it back.
+	RetryCount int `json:"retryCount,omitzero"`
+	// LoadedURL is the request's loadedUrl: the URL a crawler finally
+	// loaded, after redirects, as the crawler recorded it; empty until one
+	// does.
+	LoadedURL string `json:"loadedUrl,omitempty"`
+	// Payload is the request's payload, the body to send with Method: a
+	// JSON string or object; nil leaves it out. Payload, Headers and
+	// UserData are kept as raw JSON so that a request read and written back
+	// loses nothing.
+	Payload json.RawMessage `json:"payload,omitempty"`
+	// Headers is the request's headers: a JSON object of the HTTP headers to
+	// fetch URL with, such as {"Accept-Language":"en"}; nil leaves it out.
+	Headers json.RawMessage `json:"headers,omitempty"`
+	// UserData is the request's userData: a JSON object of the caller's
+	// own, such as {"label":"DETAIL","depth":1}, kept with the request; nil
+	// leaves it out.
+	UserData json.RawMessage `json:"userData,omitempty"`
+	// NoRetry is the request's noRetry: when true, a failed attempt is
+	// final, and Consume marks the request handled with its error recorded
+	// instead of putting it back.
+	NoRetry bool `json:"noRetry,omitzero"`
+	// ErrorMessages is the request's errorMessages: the errors of its failed
+	// attempts, oldest first, as the clients recorded them. Consume keeps
+	// the last 10, and cuts a message over 1000 bytes there, ending it with
+	// "…".
+	ErrorMessages []string `json:"errorMessages,omitempty"`
 	// HandledAt is when the request was handled; zero while it is pending.
 	HandledAt time.Time `json:"handledAt,omitzero"`
 }
@@ -41,6 +65,8 @@ type RequestOptions struct {
 
 // RequestRegistration is the result of adding or updating a request.
 type RequestRegistration struct {
+	// RequestID is the response's requestId: the ID of the request added or
+	// updated, or of the one with the same UniqueKey the queue already held.
 	RequestID string `json:"requestId"`
 	// WasAlreadyPresent reports that a request with the same UniqueKey was in
 	// the queue: nothing was added. After a retried AddRequest it can be true

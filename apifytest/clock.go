@@ -9,6 +9,9 @@ import (
 // handledAt defaults and the queue's timestamps all come from it, so a test
 // that controls the Clock controls when locks expire.
 type Clock interface {
+	// Now returns the current time. The server calls it from many
+	// goroutines at once, one per call it serves, so it must be safe for
+	// concurrent use.
 	Now() time.Time
 }
 

@@ -158,7 +158,11 @@ func NewServer(opts ...Option) *Server {
 // and *testing.F satisfy it. (Taking this rather than testing.TB keeps the
 // testing package out of programs that embed the emulator, such as apify-rq.)
 type TB interface {
+	// Helper marks the calling function as a test helper, as
+	// testing.TB's Helper does.
 	Helper()
+	// Cleanup registers a function to call when the test ends, as
+	// testing.TB's Cleanup does.
 	Cleanup(func())
 }
 
@@ -437,8 +441,13 @@ func (t memoryTransport) RoundTrip(r *http.Request) (resp *http.Response, err er
 }
 
 // Request is a request to seed a queue with, for [Server.AddRequests]: the
-// fields of the API's request, checked as the API checks an added one.
+// fields of the API's request, checked as the API checks an added one
+// (except URL, UniqueKey and Method: see URL).
 type Request struct {
+	// URL is the request's url: required (AddRequests panics without one)
+	// and otherwise not checked, nor are UniqueKey and Method, so that a
+	// test may seed a request the API would refuse (one over
+	// [MaxKeyBytes], say).
 	URL string
 	// UniqueKey defaults to URL.
 	UniqueKey string
@@ -450,10 +459,17 @@ type Request struct {
 	// Headers is a JSON object of HTTP headers; Payload a JSON string or
 	// object; nil for none.
 	Headers, Payload json.RawMessage
-	LoadedURL        string
-	NoRetry          bool
-	// RetryCount and ErrorMessages seed a request that has failed before.
-	RetryCount    int
+	// LoadedURL is the request's loadedUrl, the URL a crawler finally
+	// loaded; "" for none.
+	LoadedURL string
+	// NoRetry is the request's noRetry: true seeds a request whose failed
+	// attempts are not to be retried.
+	NoRetry bool
+	// RetryCount and ErrorMessages seed a request that has failed before:
+	// RetryCount is its retryCount, 0 or more.
+	RetryCount int
+	// ErrorMessages is the request's errorMessages, the errors of its
+	// failed attempts, oldest first; nil for none.
 	ErrorMessages []string
 	// HandledAt, when not zero, adds the request already handled.
 	HandledAt time.Time
@@ -461,16 +477,24 @@ type Request struct {
 
 // RequestState is a snapshot of a request in a queue.
 type RequestState struct {
+	// ID, UniqueKey, URL and Method are the request's id, uniqueKey, url
+	// and method, as stored: Method in upper case, GET when none was given.
 	ID, UniqueKey, URL, Method string
-	RetryCount                 int
+	// RetryCount is the request's retryCount: how many times it has been
+	// put back after a failed attempt, as the clients wrote it.
+	RetryCount int
 	// ErrorMessages are the errors recorded by failed attempts, as the
 	// clients wrote them.
 	ErrorMessages []string
 	// UserData, Headers and Payload are the request's JSON, as stored
 	// (compacted); nil when it has none.
 	UserData, Headers, Payload json.RawMessage
-	LoadedURL                  string
-	NoRetry                    bool
+	// LoadedURL is the request's loadedUrl, as the clients wrote it; ""
+	// when it has none.
+	LoadedURL string
+	// NoRetry is the request's noRetry, as the clients wrote it; false
+	// when it has none.
+	NoRetry bool
 	// HandledAt is when the request was handled; zero while it is not.
 	HandledAt time.Time
 	// Lock is the request's live lock; nil when it is not locked.
