@@ -267,7 +267,7 @@ type ConsumeStats struct {
 //     changes it makes to UserData are saved. nil marks the request handled
 //     (which also releases its lock). An error (or a panic, a Goexit, or
 //     HandlerTimeout) adds 1 to RetryCount, appends the message to
-//     ErrorMessages (the last 10 are kept, each at most 1000 bytes), writes
+//     ErrorMessages (the last 10 are kept, each cut to 1000 bytes), writes
 //     the request back and deletes its lock, so it goes to the back of the
 //     queue for another try; after MaxRetries, at once for an error
 //     wrapping ErrNoRetry, or when the request has NoRetry set, it is

@@ -282,8 +282,8 @@ func TestCrawlerMigrating(t *testing.T) {
 
 	env := []string{"APIFY_API_BASE_URL=" + baseURL, "APIFY_TOKEN=" + runToken, "ACTOR_RUN_ID=" + runID, "ACTOR_EVENTS_WEBSOCKET_URL=" + eventsURL}
 	p := start(t, crawlerBin, env, "--queue", queueID, "--concurrency", "16", "--lock", "10m", "--work", "2s")
-	p.waitFor(handledLine, 16) // the first 16 are handled: more were locked for the next round
-	require.Greater(t, locked(), 16, "16 running and some prefetched")
+	p.waitFor(handledLine, 16) // the first 16 are handled: more are locked for the next round
+	require.Eventually(t, func() bool { return locked() > 16 }, 5*time.Second, 10*time.Millisecond, "16 running and some prefetched")
 
 	out, err := exec.Command(serverBin, "event", "migrating", "--time-remaining", remaining.String(), "--base-url", baseURL, "--token", runToken).CombinedOutput()
 	require.NoError(t, err, string(out))
