@@ -332,11 +332,12 @@ type ConsumeStats struct {
 // handled, and a share of a head/lock: about 2.05 queue calls with handlers
 // much shorter than the lock, plus one unlock at start and one at exit. The
 // share grows when handlers are slow and few, because a request may wait
-// only a third of the lock: a head/lock takes at most 1 + Concurrency ×
-// (LockDuration/3) ÷ (time per request) requests, so 2.1 calls needs
-// Concurrency ≥ 27 × (time per request) ÷ LockDuration. A handler that runs
-// longer than two thirds of the lock costs one prolong per further two
-// thirds.
+// only a third of the lock: with requests that start one after another, a
+// head/lock takes about 1 + Concurrency × (LockDuration/3) ÷ (time per
+// request), so 2.1 calls is reached when Concurrency ≥ 27 × (time per
+// request) ÷ LockDuration (and, with handlers that start together, sooner).
+// A handler that runs longer than two thirds of the lock costs one prolong
+// per further two thirds.
 func (q *RequestQueueClient) Consume(ctx context.Context, h Handler, opts ConsumeOptions) (*ConsumeStats, error) {
 	if q.err != nil {
 		return &ConsumeStats{}, q.err

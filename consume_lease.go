@@ -53,7 +53,10 @@ type lease struct {
 	recording bool        // its result is being written
 	fails     int         // renewals that failed in a row
 
-	next time.Time // the keeper's next action on it; guarded by keeper.mu
+	// next is the keeper's next action on it, and slot its place in the
+	// keeper's schedule (-1: not in it); both guarded by keeper.mu.
+	next time.Time
+	slot int
 }
 
 // callCtx returns the context of one call made under the lease: it ends
@@ -112,7 +115,7 @@ func (k *keeper) add(items []LockedRequest, sent time.Time, dur time.Duration) [
 		}
 		// A request whose release went through is locked afresh: the new
 		// lease replaces the old one in held, and waits for it (see after).
-		l := &lease{id: it.ID, url: it.URL, lockedAt: sent, dur: dur, deadline: sent.Add(dur)}
+		l := &lease{id: it.ID, url: it.URL, lockedAt: sent, dur: dur, deadline: sent.Add(dur), slot: -1}
 		if dup {
 			l.after = old
 		}
@@ -220,6 +223,9 @@ func (k *keeper) endLease(l *lease, cause error) bool {
 	if k.held[l.id] == l {
 		delete(k.held, l.id)
 	}
+	if l.slot >= 0 {
+		heap.Remove(&k.sched, l.slot) // the schedule holds only held leases
+	}
 	k.mu.Unlock()
 	wake(k.c.wakeLocker) // the locker waits for the last held request when the queue looked empty
 	return true
@@ -235,7 +241,11 @@ func (k *keeper) schedule(l *lease, at time.Time) {
 
 func (k *keeper) scheduleLocked(l *lease, at time.Time) {
 	l.next = at
-	heap.Push(&k.sched, leaseAt{at: at, l: l})
+	if l.slot >= 0 {
+		heap.Fix(&k.sched, l.slot)
+		return
+	}
+	heap.Push(&k.sched, l)
 }
 
 // run acts on each lease when its time comes, until stop is closed. It
@@ -249,15 +259,13 @@ func (k *keeper) run(stop <-chan struct{}) {
 		wait := time.Hour
 		k.mu.Lock()
 		for len(k.sched) > 0 {
-			e := k.sched[0]
-			if e.at.After(now) {
-				wait = e.at.Sub(now)
+			l := k.sched[0]
+			if l.next.After(now) {
+				wait = l.next.Sub(now)
 				break
 			}
 			heap.Pop(&k.sched)
-			if e.l.next.Equal(e.at) { // else a newer entry replaced it
-				due = append(due, e.l)
-			}
+			due = append(due, l)
 		}
 		k.mu.Unlock()
 		for _, l := range due {
@@ -376,25 +384,28 @@ func (k *keeper) prolonged(l *lease, sent time.Time) {
 	}
 }
 
-// leaseAt is an entry of the keeper's schedule.
-type leaseAt struct {
-	at time.Time
-	l  *lease
-}
-
-// leaseHeap orders the schedule by time (container/heap).
-type leaseHeap []leaseAt
+// leaseHeap is the keeper's schedule: the held leases that have an action
+// due, earliest first (container/heap), each once, at its slot.
+type leaseHeap []*lease
 
 func (h leaseHeap) Len() int           { return len(h) }
-func (h leaseHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h leaseHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *leaseHeap) Push(x any)        { *h = append(*h, x.(leaseAt)) }
+func (h leaseHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
+func (h leaseHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].slot, h[j].slot = i, j
+}
+func (h *leaseHeap) Push(x any) {
+	l := x.(*lease)
+	l.slot = len(*h)
+	*h = append(*h, l)
+}
 func (h *leaseHeap) Pop() any {
 	old := *h
-	e := old[len(old)-1]
-	old[len(old)-1] = leaseAt{}
+	l := old[len(old)-1]
+	old[len(old)-1] = nil
+	l.slot = -1
 	*h = old[:len(old)-1]
-	return e
+	return l
 }
 
 // later returns the later of a and b.

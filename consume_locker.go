@@ -70,8 +70,8 @@ func window(s, lock, margin time.Duration) time.Duration {
 // It is Little's law applied slot by slot: a busy worker frees its slot
 // about s after it started its request (or, when it has run longer, after
 // as long again as it has run so far), and then every s; an idle one now,
-// and then every s. Counting those moments within the window (less a tenth,
-// for the spread of handler times) says how many requests can start before
+// and then every s. Counting those moments within the window (less a
+// twentieth, for the spread of handler times) says how many requests can start before
 // their wait is too long: the locker locks that many, less those already
 // waiting, when a slot is idle, or ahead of time when slots will free before
 // a head/lock call could return. Before any request was measured it locks
@@ -90,7 +90,7 @@ func (f *flow) plan(now time.Time, waiting int) (n int, recheck time.Time) {
 		return min(MaxLockHeadLimit, max(0, idle-waiting)), time.Time{}
 	}
 	s = max(s, time.Microsecond)
-	horizon := now.Add(window(s, lock, f.margin) * 9 / 10)
+	horizon := now.Add(window(s, lock, f.margin) * 19 / 20)
 	soonBy := now.Add(2 * rtt)
 	can, soon := 0, 0
 	for i := range f.started {
@@ -145,6 +145,7 @@ func (c *consumer) lockLoop() (done bool) {
 			continue
 		}
 		sent := time.Now()
+		heldAtSend := c.keeper.count()
 		c.calls.Add(1)
 		head, err := c.q.ListAndLockHead(c.taking, LockHeadOptions{Limit: n, LockDuration: c.o.LockDuration, ClientKey: c.o.ClientKey})
 		if err != nil {
@@ -177,6 +178,12 @@ func (c *consumer) lockLoop() (done bool) {
 			continue
 		}
 		holding := c.keeper.count() > 0
+		if !holding && heldAtSend > 0 && head.QueueHasLockedRequests {
+			// The locks the answer saw may have been ours, all done while
+			// it was on its way: look again at once rather than poll.
+			confirming = false
+			continue
+		}
 		if !holding && !head.QueueHasLockedRequests && !c.o.KeepAlive {
 			if confirming {
 				return true // two empty answers in a row, with no lock anywhere

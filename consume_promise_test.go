@@ -508,3 +508,34 @@ func TestConsumeStartUpFailure(t *testing.T) {
 		})
 	})
 }
+
+// The last handler returns while a head/lock's answer is on its way, an
+// answer that saw that handler's lock (queueHasLockedRequests): the locks
+// it saw were all ours, and are gone, so Consume looks again at once
+// instead of polling 50 to 100 ms later. The finish tail stays a few round
+// trips.
+func TestConsumeFinishTailWhenTheLastLockEndsDuringAHeadLock(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const rtt = 5 * time.Millisecond
+		srv, q, ids := memQueue(t, 2)
+		srv.InjectFault(apifytest.OpListAndLockHead, apifytest.Fault{ResponseDelay: rtt})
+		var lastReturn time.Time
+		var mu sync.Mutex
+		stats, err := q.Consume(context.Background(), func(_ context.Context, req *apify.Request) error {
+			d := 100 * time.Millisecond
+			if req.ID == ids[1] {
+				d += 2 * time.Millisecond // returns while the head/lock sent when the first returned is answered
+			}
+			time.Sleep(d)
+			mu.Lock()
+			lastReturn = time.Now()
+			mu.Unlock()
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "tail", Concurrency: 2})
+		require.NoError(t, err)
+		assert.Equal(t, 2, stats.Handled)
+		tail := time.Since(lastReturn)
+		assert.Less(t, tail, 4*rtt, "a few round trips after the last handler, not an idle poll (50 ms or more)")
+		t.Logf("finish tail %v", tail)
+	})
+}
