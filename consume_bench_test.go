@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -63,8 +64,6 @@ func BenchmarkConsume(b *testing.B) {
 	for _, n := range []int{10_000, 20_000} {
 		b.Run(fmt.Sprintf("requests=%d", n), func(b *testing.B) {
 			srv := apifytest.Start(b)
-			c := srv.Client(apify.WithRetryWait(apify.DefaultRetryWaitMin, apify.DefaultRetryWaitMax))
-			defer c.CloseIdleConnections()
 			b.ReportAllocs()
 			var pairs []benchPair
 			for b.Loop() {
@@ -74,7 +73,7 @@ func BenchmarkConsume(b *testing.B) {
 				}
 				var p benchPair
 				for _, impl := range order {
-					r := benchDrainOnce(b, srv, c, impl, n, 0)
+					r := benchDrainOnce(b, srv, impl, n, 0)
 					if impl == "loop" {
 						p.loop = r
 					} else {
@@ -140,8 +139,6 @@ func BenchmarkConsumeFinishTail(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			srv := apifytest.Start(b)
-			c := srv.Client(apify.WithRetryWait(apify.DefaultRetryWaitMin, apify.DefaultRetryWaitMax))
-			defer c.CloseIdleConnections()
 			var consumeTails, loopTails []float64
 			i := 0
 			for b.Loop() {
@@ -151,7 +148,7 @@ func BenchmarkConsumeFinishTail(b *testing.B) {
 				}
 				i++
 				for _, impl := range order {
-					r := benchDrainOnce(b, srv, c, impl, n, work)
+					r := benchDrainOnce(b, srv, impl, n, work)
 					if impl == "loop" {
 						loopTails = append(loopTails, ms(r.tail()))
 					} else {
@@ -276,16 +273,22 @@ func (r drainRun) tail() time.Duration { return r.returned.Sub(r.last) }
 type benchPair struct{ loop, consume drainRun }
 
 // benchDrainOnce seeds a fresh queue of n requests (timer stopped), drains
-// it one way (timer running), checks that every request was handled, counts
-// the calls and deletes the queue (timer stopped).
-func benchDrainOnce(b *testing.B, srv *apifytest.Server, c *apify.Client, impl string, n int, work time.Duration) drainRun {
+// it one way (timer running) with a client of its own, checks that every
+// request was handled, counts the calls and deletes the queue (timer
+// stopped). Each drain has its own client, so that the goroutines of its
+// connections carry its profiler label.
+func benchDrainOnce(b *testing.B, srv *apifytest.Server, impl string, n int, work time.Duration) drainRun {
 	b.StopTimer()
+	c := srv.Client(apify.WithRetryWait(apify.DefaultRetryWaitMin, apify.DefaultRetryWaitMax))
 	q := c.RequestQueue(seedBench(srv, fmt.Sprintf("bench-%d", benchQueues.Add(1)), n))
 	before := totalCalls(srv)
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
 	b.StartTimer()
-	r := drain(b, impl, q, n, work)
+	var r drainRun
+	// The label tells the client's goroutines apart in a CPU profile
+	// (go tool pprof -tagfocus impl=consume); the server's carry none.
+	pprof.Do(context.Background(), pprof.Labels("impl", impl), func(context.Context) { r = drain(b, impl, q, n, work) })
 	b.StopTimer()
 	runtime.ReadMemStats(&m1)
 	r.calls = totalCalls(srv) - before
@@ -296,6 +299,7 @@ func benchDrainOnce(b *testing.B, srv *apifytest.Server, c *apify.Client, impl s
 	if err := q.Delete(context.Background()); err != nil {
 		b.Fatal(err)
 	}
+	c.CloseIdleConnections()
 	b.StartTimer()
 	return r
 }
