@@ -58,8 +58,8 @@ const benchConcurrency = 16
 // request. It reports the medians over the pairs of Consume ÷ loop for both
 // rates, with their minimum and maximum, the medians of each way's rates and
 // tails, the calls, bytes and allocations per request of each way (the
-// process's: the server's are in both), and logs every pair so that the
-// spread can be read. ns/op, B/op and allocs/op are those of one pair.
+// process's: the server's are in both), and prints every pair (lines that
+// start with "#", which benchstat skips) so that the spread can be read. ns/op, B/op and allocs/op are those of one pair.
 func BenchmarkConsume(b *testing.B) {
 	for _, n := range []int{10_000, 20_000} {
 		b.Run(fmt.Sprintf("requests=%d", n), func(b *testing.B) {
@@ -81,8 +81,10 @@ func BenchmarkConsume(b *testing.B) {
 					}
 				}
 				pairs = append(pairs, p)
-				b.Logf("pair %2d (%s first): drain/s loop %6.0f consume %6.0f ratio %.3f | e2e/s loop %6.0f consume %6.0f ratio %.3f | tail ms loop %6.2f consume %6.2f | calls/req loop %.4f consume %.4f",
-					len(pairs), order[0],
+				// Printed, not logged: the testing package keeps only 10
+				// lines of a benchmark's log. benchstat skips these lines.
+				fmt.Printf("# requests=%d pair %2d (%s first): drain/s loop %6.0f consume %6.0f ratio %.3f | e2e/s loop %6.0f consume %6.0f ratio %.3f | tail ms loop %6.2f consume %6.2f | calls/req loop %.4f consume %.4f\n",
+					n, len(pairs), order[0],
 					p.loop.drainRate(n), p.consume.drainRate(n), p.consume.drainRate(n)/p.loop.drainRate(n),
 					p.loop.e2eRate(n), p.consume.e2eRate(n), p.consume.e2eRate(n)/p.loop.e2eRate(n),
 					ms(p.loop.tail()), ms(p.consume.tail()),
