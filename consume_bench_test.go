@@ -1,14 +1,17 @@
 package apify_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -83,12 +86,13 @@ func BenchmarkConsume(b *testing.B) {
 				pairs = append(pairs, p)
 				// Printed, not logged: the testing package keeps only 10
 				// lines of a benchmark's log. benchstat skips these lines.
-				fmt.Printf("# requests=%d pair %2d (%s first): drain/s loop %6.0f consume %6.0f ratio %.3f | e2e/s loop %6.0f consume %6.0f ratio %.3f | tail ms loop %6.2f consume %6.2f | calls/req loop %.4f consume %.4f\n",
+				fmt.Printf("# requests=%d pair %2d (%s first): drain/s loop %6.0f consume %6.0f ratio %.3f | e2e/s loop %6.0f consume %6.0f ratio %.3f | tail ms loop %6.2f consume %6.2f | calls/req loop %.4f consume %.4f | cpu µs/req loop %.1f consume %.1f ratio %.3f\n",
 					n, len(pairs), order[0],
 					p.loop.drainRate(n), p.consume.drainRate(n), p.consume.drainRate(n)/p.loop.drainRate(n),
 					p.loop.e2eRate(n), p.consume.e2eRate(n), p.consume.e2eRate(n)/p.loop.e2eRate(n),
 					ms(p.loop.tail()), ms(p.consume.tail()),
-					float64(p.loop.calls)/float64(n), float64(p.consume.calls)/float64(n))
+					float64(p.loop.calls)/float64(n), float64(p.consume.calls)/float64(n),
+					float64(p.loop.cpu.Microseconds())/float64(n), float64(p.consume.cpu.Microseconds())/float64(n), float64(p.consume.cpu)/float64(p.loop.cpu))
 			}
 			pick := func(f func(benchPair) float64) []float64 {
 				out := make([]float64, len(pairs))
@@ -113,6 +117,14 @@ func BenchmarkConsume(b *testing.B) {
 			b.ReportMetric(median(pick(func(p benchPair) float64 { return ms(p.consume.tail()) })), "consume-tail-ms")
 			b.ReportMetric(median(pick(func(p benchPair) float64 { return float64(p.loop.calls) / float64(n) })), "loop-calls/req")
 			b.ReportMetric(median(pick(func(p benchPair) float64 { return float64(p.consume.calls) / float64(n) })), "consume-calls/req")
+			if pairs[0].loop.cpu > 0 {
+				cpuRatio := pick(func(p benchPair) float64 { return float64(p.consume.cpu) / float64(p.loop.cpu) })
+				b.ReportMetric(median(pick(func(p benchPair) float64 { return float64(p.loop.cpu.Microseconds()) / float64(n) })), "loop-cpu-µs/req")
+				b.ReportMetric(median(pick(func(p benchPair) float64 { return float64(p.consume.cpu.Microseconds()) / float64(n) })), "consume-cpu-µs/req")
+				b.ReportMetric(median(cpuRatio), "cpu-ratio")
+				b.ReportMetric(slices.Min(cpuRatio), "cpu-ratio-min")
+				b.ReportMetric(slices.Max(cpuRatio), "cpu-ratio-max")
+			}
 			b.ReportMetric(median(pick(func(p benchPair) float64 { return float64(p.loop.bytes) / float64(n) })), "loop-B/req")
 			b.ReportMetric(median(pick(func(p benchPair) float64 { return float64(p.consume.bytes) / float64(n) })), "consume-B/req")
 			b.ReportMetric(median(pick(func(p benchPair) float64 { return float64(p.loop.allocs) / float64(n) })), "loop-allocs/req")
@@ -256,9 +268,10 @@ func seedBench(srv *apifytest.Server, name string, n int) string {
 
 // drainRun is what one drain of a queue measured.
 type drainRun struct {
-	called, first, last, returned time.Time // the call; the first handler's start; the last handler's return; the return
-	calls                         int       // queue calls the emulator received
-	bytes, allocs                 uint64    // allocated in the process (the server's too)
+	called, first, last, returned time.Time     // the call; the first handler's start; the last handler's return; the return
+	calls                         int           // queue calls the emulator received
+	bytes, allocs                 uint64        // allocated in the process (the server's too)
+	cpu                           time.Duration // CPU time of the process (the server's too); 0 when unknown
 }
 
 // drainRate is handled requests per second while draining: from the first
@@ -286,12 +299,16 @@ func benchDrainOnce(b *testing.B, srv *apifytest.Server, impl string, n int, wor
 	before := totalCalls(srv)
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
+	cpu0 := processCPU()
 	b.StartTimer()
 	var r drainRun
 	// The label tells the client's goroutines apart in a CPU profile
 	// (go tool pprof -tagfocus impl=consume); the server's carry none.
 	pprof.Do(context.Background(), pprof.Labels("impl", impl), func(context.Context) { r = drain(b, impl, q, n, work) })
 	b.StopTimer()
+	if cpu0 > 0 {
+		r.cpu = processCPU() - cpu0
+	}
 	runtime.ReadMemStats(&m1)
 	r.calls = totalCalls(srv) - before
 	r.bytes, r.allocs = m1.TotalAlloc-m0.TotalAlloc, m1.Mallocs-m0.Mallocs
@@ -365,6 +382,33 @@ func drain(b *testing.B, impl string, q *apify.RequestQueueClient, n int, work t
 		wg.Wait()
 	}
 	return drainRun{called: called, first: time.Unix(0, first.Load()), last: time.Unix(0, last.Load()), returned: time.Now()}
+}
+
+// processCPU is the CPU time (user and system) this process has used, read
+// from /proc/self/stat in clock ticks of 10 ms; 0 where there is no such
+// file. The server's work is in it too: the same per call for both ways.
+func processCPU() time.Duration {
+	stat, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name (in parentheses, which may hold
+	// spaces): state, ppid, ..., utime (the 12th) and stime (the 13th).
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
+	return time.Duration(utime+stime) * tick
 }
 
 // ms is d in milliseconds.
