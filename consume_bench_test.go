@@ -57,12 +57,14 @@ const benchConcurrency = 16
 // first handler's start to the last handler's return), the end-to-end rate
 // (requests ÷ the time from the call to its return: Consume's start-up
 // unlock, finish detection and final unlock included), the finish tail
-// (from the last handler's return to the return) and the queue calls per
-// request. It reports the medians over the pairs of Consume ÷ loop for both
-// rates, with their minimum and maximum, the medians of each way's rates and
-// tails, the calls, bytes and allocations per request of each way (the
-// process's: the server's are in both), and prints every pair (lines that
-// start with "#", which benchstat skips) so that the spread can be read. ns/op, B/op and allocs/op are those of one pair.
+// (from the last handler's return to the return), the queue calls per
+// request, and the process's CPU time per request (the server's is in it,
+// the same for both ways; other jobs on a shared machine disturb it less
+// than the rates). It reports the medians over the pairs of Consume ÷ loop
+// for both rates and for the CPU time, with their minimum and maximum, the
+// medians of each way's rates, tails and CPU time, the calls, bytes and
+// allocations per request of each way (the process's: the server's are in
+// both), and logs every pair so that the spread can be read. ns/op, B/op and allocs/op are those of one pair.
 func BenchmarkConsume(b *testing.B) {
 	for _, n := range []int{10_000, 20_000} {
 		b.Run(fmt.Sprintf("requests=%d", n), func(b *testing.B) {
@@ -84,15 +86,6 @@ func BenchmarkConsume(b *testing.B) {
 					}
 				}
 				pairs = append(pairs, p)
-				// Printed, not logged: the testing package keeps only 10
-				// lines of a benchmark's log. benchstat skips these lines.
-				fmt.Printf("# requests=%d pair %2d (%s first): drain/s loop %6.0f consume %6.0f ratio %.3f | e2e/s loop %6.0f consume %6.0f ratio %.3f | tail ms loop %6.2f consume %6.2f | calls/req loop %.4f consume %.4f | cpu µs/req loop %.1f consume %.1f ratio %.3f\n",
-					n, len(pairs), order[0],
-					p.loop.drainRate(n), p.consume.drainRate(n), p.consume.drainRate(n)/p.loop.drainRate(n),
-					p.loop.e2eRate(n), p.consume.e2eRate(n), p.consume.e2eRate(n)/p.loop.e2eRate(n),
-					ms(p.loop.tail()), ms(p.consume.tail()),
-					float64(p.loop.calls)/float64(n), float64(p.consume.calls)/float64(n),
-					float64(p.loop.cpu.Microseconds())/float64(n), float64(p.consume.cpu.Microseconds())/float64(n), float64(p.consume.cpu)/float64(p.loop.cpu))
 			}
 			pick := func(f func(benchPair) float64) []float64 {
 				out := make([]float64, len(pairs))
@@ -129,6 +122,28 @@ func BenchmarkConsume(b *testing.B) {
 			b.ReportMetric(median(pick(func(p benchPair) float64 { return float64(p.consume.bytes) / float64(n) })), "consume-B/req")
 			b.ReportMetric(median(pick(func(p benchPair) float64 { return float64(p.loop.allocs) / float64(n) })), "loop-allocs/req")
 			b.ReportMetric(median(pick(func(p benchPair) float64 { return float64(p.consume.allocs) / float64(n) })), "consume-allocs/req")
+			// Every pair, one line per measure (the testing package keeps
+			// only 10 lines of a benchmark's log).
+			b.Logf("%d pairs, in order (odd: the loop first; even: Consume first):", len(pairs))
+			for _, m := range []struct {
+				name, format string
+				f            func(benchPair) float64
+			}{
+				{"drain ratio", "%.3f", func(p benchPair) float64 { return p.consume.drainRate(n) / p.loop.drainRate(n) }},
+				{"e2e ratio", "%.3f", func(p benchPair) float64 { return p.consume.e2eRate(n) / p.loop.e2eRate(n) }},
+				{"cpu ratio", "%.3f", func(p benchPair) float64 { return float64(p.consume.cpu) / float64(p.loop.cpu) }},
+				{"loop drain/s", "%.0f", func(p benchPair) float64 { return p.loop.drainRate(n) }},
+				{"consume drain/s", "%.0f", func(p benchPair) float64 { return p.consume.drainRate(n) }},
+				{"loop tail ms", "%.2f", func(p benchPair) float64 { return ms(p.loop.tail()) }},
+				{"consume tail ms", "%.2f", func(p benchPair) float64 { return ms(p.consume.tail()) }},
+				{"consume calls/req", "%.4f", func(p benchPair) float64 { return float64(p.consume.calls) / float64(n) }},
+			} {
+				var line strings.Builder
+				for _, v := range pick(m.f) {
+					fmt.Fprintf(&line, " "+m.format, v)
+				}
+				b.Logf("%s:%s", m.name, line.String())
+			}
 		})
 	}
 }
