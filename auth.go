@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 )
 
@@ -55,4 +56,21 @@ func (s *secret) redactBytes(b []byte) []byte {
 		return b
 	}
 	return bytes.ReplaceAll(b, []byte(s.token()), []byte(redacted))
+}
+
+// redactHeader returns a copy of a response's header with the token
+// redacted in every name and value; nil for nil.
+func (s *secret) redactHeader(h http.Header) http.Header {
+	if h == nil {
+		return nil
+	}
+	out := make(http.Header, len(h))
+	for name, vals := range h {
+		red := make([]string, len(vals))
+		for i, v := range vals {
+			red[i] = s.redact(v)
+		}
+		out[s.redact(name)] = red
+	}
+	return out
 }

@@ -304,6 +304,12 @@ func shownURL(raw string) string {
 
 func (c *Client) setBaseURL(raw string) error {
 	shown := shownURL(raw)
+	if !strings.Contains(raw, "://") {
+		// "127.0.0.1:8080" does not parse, and "localhost:8080" parses with
+		// "localhost" as its scheme: either way the scheme is missing.
+		return fmt.Errorf("WithBaseURL: %q is not an absolute http or https URL: it has no scheme; add http:// or https:// (such as %q)",
+			shown, "http://"+strings.TrimLeft(shown, "/"))
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return fmt.Errorf("WithBaseURL: %q does not parse: %w", shown, errors.Unwrap(err))

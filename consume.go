@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
 )
@@ -166,9 +165,33 @@ type ConsumeOptions struct {
 	// longer than a third of LockDuration, and releases one that would.
 	Prefetch int
 	// Logger receives a record for every queue call that failed after the
-	// client's retries, every lost lock, every handler failure and every
-	// abandoned handler; nil logs nothing.
+	// client's retries, every lost lock, every handler failure, every
+	// abandoned handler and every platform event acted on; nil logs nothing.
 	Logger *slog.Logger
+
+	// Events delivers the Apify platform's events (see
+	// [SubscribePlatformEvents]): on migrating and aborting, Consume stops,
+	// hands every lock back in time and returns an error matching
+	// ErrMigrating or ErrAborting (see Consume). Consume reads Events'
+	// channel while it runs, so give it a subscription of its own (one more
+	// SubscribePlatformEvents shares the process's connection), and close
+	// it yourself. Nil means: when ACTOR_EVENTS_WEBSOCKET_URL or
+	// APIFY_ACTOR_EVENTS_WS_URL is set (inside an Actor run), Consume
+	// subscribes by itself for as long as it runs, unless
+	// IgnorePlatformEvents; elsewhere there are none.
+	Events *PlatformEvents
+	// IgnorePlatformEvents keeps Consume from subscribing to the platform's
+	// events by itself when Events is nil: it then stops only when ctx ends
+	// (say, on SIGTERM), or when the queue is done.
+	IgnorePlatformEvents bool
+	// OnPersistState, when set, is called for each persistState event (the
+	// platform's hint to save state now; isMigrating says a migration
+	// follows), in a goroutine of its own, one call at a time: an event that
+	// comes while a call still runs is skipped, with a log record. Its ctx
+	// has ctx's values but not its cancellation, so a save under way
+	// survives a SIGTERM; Consume waits for a call under way at most
+	// ShutdownTimeout before it returns. A panic in it is logged.
+	OnPersistState func(ctx context.Context, isMigrating bool)
 }
 
 // ConsumeStats counts what [RequestQueueClient.Consume] did.
@@ -198,6 +221,9 @@ type ConsumeStats struct {
 	// CallErrors counts queue calls that failed after the client's retries
 	// (429, 5xx, network) and were tried again later.
 	CallErrors int
+	// StoppedBy is the platform event that ended Consume: "migrating" or
+	// "aborting"; "" when none did.
+	StoppedBy string
 }
 
 // Consume takes requests from the queue and runs h on each, up to
@@ -264,10 +290,27 @@ type ConsumeStats struct {
 //     the stats and ctx's error. So a SIGTERM'd process leaves no lock, and
 //     Consume returns within DrainTimeout + 1.5 × ShutdownTimeout of ctx's
 //     end even if a handler ignores its ctx.
-//  7. Errors: Consume returns an error only for invalid options (before any
+//  7. Platform events (see Events): on migrating, which says how long
+//     before the platform kills the process, Consume stops locking,
+//     releases the prefetched requests at once, lets running handlers go on
+//     until the time remaining less a safety margin (a tenth of it, 0.2 to
+//     2 s) and less what the rest of the shutdown needs, never longer than
+//     DrainTimeout, then cancels the rest (cause ErrShuttingDown, wrapping
+//     ErrMigrating), and releases every lock of its clientKey, and of its
+//     Actor run, with one unlock call, all before the time remaining runs
+//     out; then it returns an error matching ErrMigrating (StoppedBy
+//     "migrating"). Save your state then, and exit non-zero (or call
+//     Client.RebootRun): a run that exits 0 while migrating ends SUCCEEDED
+//     and is not restarted. A restart of the run (same run ID, so the same
+//     default clientKey) takes up the crawl where it stopped. On aborting,
+//     the same within Apify's 30 s before the force-stop, returning an
+//     error matching ErrAborting. An event that comes during a shutdown
+//     already under way (ctx ended) shortens it to the event's budget.
+//  8. Errors: Consume returns an error only for invalid options (before any
 //     I/O, wrapping ErrInvalidInput, ErrInvalidClientKey or
 //     ErrInvalidQueueID), for a second Consume (ErrConsumeInProgress), when
-//     the start-up unlock fails (see 1), when the queue is unusable (a 401,
+//     the start-up unlock fails (see 1), for a platform event (see 7), when
+//     the queue is unusable (a 401,
 //     a 403 other than a refused lock, or a 400 or 404 on the queue's own
 //     unlock and head/lock calls; a 404 on one request only skips that
 //     request, and a 400 or 413 on a result records it on the request as
@@ -328,7 +371,7 @@ var consuming = struct {
 func claimConsume(q *RequestQueueClient, clientKey string) (release func(), err error) {
 	queue := q.c.scheme + "://" + q.c.host + q.base.rawPath
 	keys := []string{queue + "\x00key\x00" + clientKey}
-	run := actorRunID()
+	run := CurrentRunID()
 	if run != "" {
 		keys = append(keys, queue+"\x00run\x00"+run)
 	}
@@ -337,9 +380,9 @@ func claimConsume(q *RequestQueueClient, clientKey string) (release func(), err 
 	for i, k := range keys {
 		if _, busy := consuming.m[k]; busy {
 			if i == 0 {
-				return nil, fmt.Errorf("apify: %w: queue %q, clientKey %q (one consumer per queue and key: each releases the other's locks at start and at exit; run one Consume with more Concurrency, or give each its own ClientKey)", ErrConsumeInProgress, q.id, clientKey)
+				return nil, fmt.Errorf("apify: %w: queue %q, clientKey %q (one consumer per queue and key: each releases the other's locks at start and at exit; run one Consume with more Concurrency, or give each its own ClientKey)", ErrConsumeInProgress, q.label(), clientKey)
 			}
-			return nil, fmt.Errorf("apify: %w: queue %q inside Actor run %q (an unlock by a run's token releases every lock of the run, whatever its clientKey: run one Consume per queue in a run)", ErrConsumeInProgress, q.id, run)
+			return nil, fmt.Errorf("apify: %w: queue %q inside Actor run %q (an unlock by a run's token releases every lock of the run, whatever its clientKey: run one Consume per queue in a run)", ErrConsumeInProgress, q.label(), run)
 		}
 	}
 	for _, k := range keys {
@@ -352,16 +395,6 @@ func claimConsume(q *RequestQueueClient, clientKey string) (release func(), err 
 			delete(consuming.m, k)
 		}
 	}, nil
-}
-
-// actorRunID is the ID of the Actor run this process is, or "".
-func actorRunID() string {
-	for _, name := range []string{"ACTOR_RUN_ID", "APIFY_ACTOR_RUN_ID"} {
-		if id := os.Getenv(name); id != "" {
-			return id
-		}
-	}
-	return ""
 }
 
 // resolve fills in defaults and checks every option.

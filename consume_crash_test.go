@@ -3,8 +3,10 @@ package apify_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -20,7 +22,9 @@ import (
 
 // killableTransport serves a client in memory until it is killed; from then
 // on every call fails as if the process were gone (nothing reaches the
-// server: no prolong, no result, no unlock at exit).
+// server: no prolong, no result, no unlock at exit). A process's death is
+// not something the API does, so it is not an emulator fault: the test
+// kills the client's side.
 type killableTransport struct {
 	h      http.Handler
 	killed atomic.Bool
@@ -31,6 +35,28 @@ func (k *killableTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
 	}
 	return serveInMemory(k.h, r)
+}
+
+// serveInMemory serves r with h, without sockets, as the in-memory Client
+// of apifytest does: a handler that drops the connection (an injected
+// fault) gives io.ErrUnexpectedEOF.
+func serveInMemory(h http.Handler, r *http.Request) (resp *http.Response, err error) {
+	rec := httptest.NewRecorder()
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler {
+				panic(p)
+			}
+			resp, err = nil, io.ErrUnexpectedEOF
+		}
+	}()
+	h.ServeHTTP(rec, r)
+	if err := r.Context().Err(); err != nil {
+		return nil, err
+	}
+	resp = rec.Result()
+	resp.Request = r
+	return resp, nil
 }
 
 // A crash: three consumers share a queue; one is killed mid-run (its

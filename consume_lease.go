@@ -40,6 +40,12 @@ type lease struct {
 	ctx context.Context
 	end context.CancelCauseFunc
 
+	// after is the lease of the same request that was being released when
+	// this one was locked: a retry of that release (after a lost answer)
+	// may still delete this lock, so a worker waits for it to end and
+	// checks the lock before it runs the handler.
+	after *lease
+
 	mu        sync.Mutex
 	state     leaseState
 	deadline  time.Time   // local estimate of the lock's expiry (never later than the server's)
@@ -100,12 +106,16 @@ func (k *keeper) add(items []LockedRequest, sent time.Time, dur time.Duration) [
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for _, it := range items {
-		if old, dup := k.held[it.ID]; dup && !old.releasedOrDone() {
+		old, dup := k.held[it.ID]
+		if dup && !old.releasedOrDone() {
 			continue // ours already: keep the lease we have
 		}
-		// A request whose release just went through is locked afresh: the
-		// new lease replaces the old one (which no longer touches the lock).
+		// A request whose release went through is locked afresh: the new
+		// lease replaces the old one in held, and waits for it (see after).
 		l := &lease{id: it.ID, url: it.URL, lockedAt: sent, dur: dur, deadline: sent.Add(dur)}
+		if dup {
+			l.after = old
+		}
 		l.ctx, l.end = context.WithCancelCause(c.ops)
 		l.expiry = time.AfterFunc(time.Until(l.deadline.Add(-c.margin)), func() {
 			k.lose(l, "the lock is about to expire and could not be prolonged in time", nil)
@@ -189,7 +199,7 @@ func (k *keeper) lose(l *lease, why string, err error) bool {
 	c := k.c
 	c.lost.Add(1)
 	c.log.Warn("apify: Consume: lost the lock on a request; its result will not be recorded here",
-		"queue", c.q.id, "request", l.id, "url", l.url, "why", why, "error", errOrNone(err))
+		"queue", c.queue, "request", l.id, "url", l.url, "why", why, "error", errOrNone(err))
 	return true
 }
 
@@ -302,7 +312,7 @@ func (k *keeper) renew(l *lease) {
 	ctx, cancel := context.WithDeadline(l.ctx, now.Add(max(end.Sub(now)/2, min(end.Sub(now), 50*time.Millisecond))))
 	sent := time.Now()
 	c.calls.Add(1)
-	_, err := c.q.ProlongRequestLock(ctx, l.id, ProlongLockOptions{LockDuration: c.o.LockDuration, ClientKey: c.o.ClientKey, Forefront: true})
+	_, err := c.q.ProlongRequestLock(ctx, l.id, ProlongLockOptions{LockDuration: l.dur, ClientKey: c.o.ClientKey, Forefront: true})
 	cancel()
 
 	l.mu.Lock()
@@ -314,15 +324,8 @@ func (k *keeper) renew(l *lease) {
 			c.renewed.Add(1)
 		}
 	case err == nil:
-		c.renewed.Add(1)
-		l.fails = 0
-		if l.expiry.Stop() { // else it fired: the lease is being lost
-			l.deadline = sent.Add(c.o.LockDuration)
-			l.expiry.Reset(time.Until(l.deadline.Add(-c.margin)))
-		}
-		renewAt := l.deadline.Add(-c.o.LockDuration / 3)
 		l.mu.Unlock()
-		k.schedule(l, renewAt)
+		k.prolonged(l, sent)
 	case l.recording && isLockRefused(err):
 		// The result may have just been written (which ends the lock): the
 		// recording call's own answer decides. No lock of ours is left to
@@ -345,8 +348,31 @@ func (k *keeper) renew(l *lease) {
 		wait := min(c.backoff(l.fails-1, err), max(time.Until(l.deadline)/4, 10*time.Millisecond))
 		l.mu.Unlock()
 		c.callErrors.Add(1)
-		c.log.Warn("apify: Consume: prolonging a lock failed; trying again", "queue", c.q.id, "request", l.id, "wait", wait, "error", err)
+		c.log.Warn("apify: Consume: prolonging a lock failed; trying again", "queue", c.queue, "request", l.id, "wait", wait, "error", err)
 		k.schedule(l, time.Now().Add(wait))
+	}
+}
+
+// prolonged records a prolong of l sent at sent that succeeded: the
+// lease's deadline moves, and its next renewal is scheduled.
+func (k *keeper) prolonged(l *lease, sent time.Time) {
+	c := k.c
+	c.renewed.Add(1)
+	l.mu.Lock()
+	l.fails = 0
+	if l.state == leaseDone || !l.expiry.Stop() { // else it fired: the lease is being lost
+		l.mu.Unlock()
+		return
+	}
+	// The lock time the API applied to the head/lock, never more: a
+	// prolong's answer does not say whether it applied less.
+	l.deadline = sent.Add(l.dur)
+	l.expiry.Reset(time.Until(l.deadline.Add(-c.margin)))
+	renewAt := l.deadline.Add(-l.dur / 3)
+	running := l.state == leaseRunning
+	l.mu.Unlock()
+	if running {
+		k.schedule(l, renewAt)
 	}
 }
 

@@ -128,8 +128,8 @@ func (f *flow) plan(now time.Time, waiting int) (n int, recheck time.Time) {
 }
 
 // lockLoop locks requests and feeds them to the workers until the queue is
-// done, taking ends, or a fatal error.
-func (c *consumer) lockLoop() {
+// done (it then reports true), taking ends, or a fatal error.
+func (c *consumer) lockLoop() (done bool) {
 	idle := consumeIdlePollMin
 	confirming := false
 	fails := 0
@@ -140,7 +140,7 @@ func (c *consumer) lockLoop() {
 		n = min(n, cap(c.jobs)-len(c.jobs))
 		if n <= 0 {
 			if !c.waitForRoom(recheck) {
-				return
+				return false
 			}
 			continue
 		}
@@ -149,16 +149,16 @@ func (c *consumer) lockLoop() {
 		head, err := c.q.ListAndLockHead(c.taking, LockHeadOptions{Limit: n, LockDuration: c.o.LockDuration, ClientKey: c.o.ClientKey})
 		if err != nil {
 			if c.taking.Err() != nil {
-				return
+				return false
 			}
 			if queueUnusable(err) {
 				c.setFatal(err)
-				return
+				return false
 			}
 			c.transient("head/lock", err)
 			mayHaveStranded = true
 			if !sleepCtx(c.taking, c.backoff(fails, err)) {
-				return
+				return false
 			}
 			fails++
 			continue
@@ -179,7 +179,7 @@ func (c *consumer) lockLoop() {
 		holding := c.keeper.count() > 0
 		if !holding && !head.QueueHasLockedRequests && !c.o.KeepAlive {
 			if confirming {
-				return // done: two empty answers in a row, with no lock anywhere
+				return true // two empty answers in a row, with no lock anywhere
 			}
 			confirming = true // look once more, at once
 			continue
@@ -195,11 +195,11 @@ func (c *consumer) lockLoop() {
 			case err == nil:
 				mayHaveStranded = false
 				if res.UnlockedCount > 0 {
-					c.log.Info("apify: Consume released locks a failed head/lock had taken", "queue", c.q.id, "count", res.UnlockedCount)
+					c.log.Info("apify: Consume released locks a failed head/lock had taken", "queue", c.queue, "count", res.UnlockedCount)
 					continue
 				}
 			case c.taking.Err() != nil:
-				return
+				return false
 			default:
 				// Tried again at the next poll; the locks expire meanwhile anyway.
 				c.transient("unlock after a failed head/lock", err)
@@ -208,10 +208,11 @@ func (c *consumer) lockLoop() {
 		// Nothing to take now: others (or we) hold locks, or KeepAlive.
 		// Poll again after idle, or as soon as we hold nothing any more.
 		if !c.idleWait(idle, holding) {
-			return
+			return false
 		}
 		idle = min(2*idle, consumeIdlePollMax)
 	}
+	return false
 }
 
 // waitForRoom waits until a worker wakes the locker, or until recheck (if

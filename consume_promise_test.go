@@ -382,7 +382,7 @@ func TestConsumeReleasesRatherThanProlongsAWaitingRequest(t *testing.T) {
 		stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
 			seen.add(req.ID)
 			st, _ := srv.Request(q.ID(), req.ID)
-			if req.ID != slow && st.Lock.ExpiresAt.Sub(time.Now()) < lock-lock/3 {
+			if req.ID != slow && time.Until(st.Lock.ExpiresAt) < lock-lock/3 {
 				waitedTooLong.Add(1)
 			}
 			if req.ID == slow {

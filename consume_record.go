@@ -20,13 +20,13 @@ func (c *consumer) record(l *lease, req, orig *Request, herr error) {
 	case errors.Is(herr, ErrNoRetry) || req.NoRetry || orig.NoRetry || req.RetryCount >= c.o.MaxRetries:
 		req.ErrorMessages = appendError(req.ErrorMessages, herr)
 		req.HandledAt = time.Now().UTC()
-		c.log.Warn("apify: Consume: request failed; giving up", "queue", c.q.id, "request", l.id, "url", l.url, "retryCount", req.RetryCount, "error", herr)
+		c.log.Warn("apify: Consume: request failed; giving up", "queue", c.queue, "request", l.id, "url", l.url, "retryCount", req.RetryCount, "error", herr)
 	default:
 		req.RetryCount++
 		req.ErrorMessages = appendError(req.ErrorMessages, herr)
 		req.HandledAt = time.Time{}
 		deleteLock = true
-		c.log.Info("apify: Consume: request failed; it will be retried", "queue", c.q.id, "request", l.id, "url", l.url, "retryCount", req.RetryCount, "error", herr)
+		c.log.Info("apify: Consume: request failed; it will be retried", "queue", c.queue, "request", l.id, "url", l.url, "retryCount", req.RetryCount, "error", herr)
 	}
 	// asRead drops the handler's changes to the request, keeping the result:
 	// the request as it was read, which the API stored before.
@@ -38,7 +38,7 @@ func (c *consumer) record(l *lease, req, orig *Request, herr error) {
 	if err := validateNewRequest("the request", *req); err != nil {
 		// The handler left the request unstorable (say, UserData that is not
 		// JSON): record the result on the request as it was read.
-		c.log.Warn("apify: Consume: the handler's changes to the request cannot be stored; recording the result on the request as read", "queue", c.q.id, "request", l.id, "error", err)
+		c.log.Warn("apify: Consume: the handler's changes to the request cannot be stored; recording the result on the request as read", "queue", c.queue, "request", l.id, "error", err)
 		asRead()
 	}
 	l.setRecording()
@@ -50,7 +50,7 @@ func (c *consumer) record(l *lease, req, orig *Request, herr error) {
 	if refusedRequest(err) {
 		// The API refused what the handler made of the request: record the
 		// result on the request as it was read, which the API stored before.
-		c.log.Warn("apify: Consume: the API refused the handler's changes to the request; recording the result on the request as read", "queue", c.q.id, "request", l.id, "error", err)
+		c.log.Warn("apify: Consume: the API refused the handler's changes to the request; recording the result on the request as read", "queue", c.queue, "request", l.id, "error", err)
 		asRead()
 		err = c.underLease(l, "update request", update)
 	}
@@ -75,7 +75,7 @@ func (c *consumer) record(l *lease, req, orig *Request, herr error) {
 		c.keeper.lose(l, "update request refused", err)
 		return
 	case refusedRequest(err):
-		c.log.Error("apify: Consume: the API refused the result; the request stays locked until its lock expires", "queue", c.q.id, "request", l.id, "error", err)
+		c.log.Error("apify: Consume: the API refused the result; the request stays locked until its lock expires", "queue", c.queue, "request", l.id, "error", err)
 		c.keeper.finish(l)
 		return
 	default:
@@ -92,7 +92,7 @@ func (c *consumer) record(l *lease, req, orig *Request, herr error) {
 			return c.q.DeleteRequestLock(ctx, l.id, DeleteLockOptions{ClientKey: c.o.ClientKey, Forefront: false})
 		})
 		if err != nil && !isLockRefused(err) && !l.lost() {
-			c.log.Warn("apify: Consume: a failed request's lock could not be deleted; it goes back to the queue when the lock expires or at exit", "queue", c.q.id, "request", l.id, "error", err)
+			c.log.Warn("apify: Consume: a failed request's lock could not be deleted; it goes back to the queue when the lock expires or at exit", "queue", c.queue, "request", l.id, "error", err)
 		}
 	}
 	switch {
@@ -125,7 +125,7 @@ func (c *consumer) leaseCallFailed(l *lease, err error) {
 		return
 	}
 	if c.ops.Err() != nil {
-		c.log.Warn("apify: Consume: could not record a result before the shutdown ended; the request goes back to the queue", "queue", c.q.id, "request", l.id, "error", err)
+		c.log.Warn("apify: Consume: could not record a result before the shutdown ended; the request goes back to the queue", "queue", c.queue, "request", l.id, "error", err)
 	}
 	c.keeper.finish(l)
 }
@@ -154,7 +154,7 @@ func (c *consumer) underLease(l *lease, what string, f func(context.Context) err
 		case l.ctx.Err() != nil:
 			return err // lost, or the consumer's end
 		case errors.Is(err, ErrNotFound):
-			c.log.Warn("apify: Consume: the request is gone (deleted?)", "queue", c.q.id, "request", l.id, "error", err)
+			c.log.Warn("apify: Consume: the request is gone (deleted?)", "queue", c.queue, "request", l.id, "error", err)
 			c.keeper.finish(l)
 			return err
 		case queueUnusable(err):
@@ -199,7 +199,7 @@ func (c *consumer) release(l *lease, atExit bool) {
 		// Not ours any more (a retry after a lost answer, or the lock
 		// lapsed): released either way.
 	default:
-		c.log.Warn("apify: Consume: releasing a request no handler started failed; it goes back when its lock expires or at exit", "queue", c.q.id, "request", l.id, "error", err)
+		c.log.Warn("apify: Consume: releasing a request no handler started failed; it goes back when its lock expires or at exit", "queue", c.queue, "request", l.id, "error", err)
 	}
 }
 
@@ -208,6 +208,11 @@ func (c *consumer) release(l *lease, atExit bool) {
 // for their drain) its lock is deleted at once; otherwise the final unlock,
 // which comes right away, releases it with the rest.
 func (c *consumer) unstartRunning(l *lease) {
+	l.mu.Lock()
+	if l.state == leaseRunning {
+		l.state = leaseReleasing // no more renewals: a prolong racing the delete would be refused
+	}
+	l.mu.Unlock()
 	if c.busy.Load() > 1 { // this worker is busy too
 		c.releasing.Add(1)
 		go func() { defer c.releasing.Done(); c.release(l, true) }()

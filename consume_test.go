@@ -5,9 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -88,7 +85,11 @@ func TestConsumeDrainsTheQueueAndKeepsUserData(t *testing.T) {
 			seen.add(req.ID)
 			var ud map[string]any
 			if len(req.UserData) > 0 {
-				require.NoError(t, json.Unmarshal(req.UserData, &ud))
+				// A handler runs in a goroutine Consume owns: it reports a
+				// problem with assert and its error, never require.
+				if err := json.Unmarshal(req.UserData, &ud); !assert.NoError(t, err) {
+					return err
+				}
 			} else {
 				ud = map[string]any{}
 			}
@@ -153,45 +154,27 @@ func testCallsPerRequest(t *testing.T, concurrency int) {
 	})
 }
 
-// rewriteProlongKey is a transport that sends every prolong under another
-// clientKey, the bug TestCrawlerProlongsLongWork could not see.
-type rewriteProlongKey struct{ h http.Handler }
-
-func (t rewriteProlongKey) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/lock") {
-		r = r.Clone(r.Context())
-		qs := r.URL.Query()
-		qs.Set("clientKey", "somebody-else")
-		r.URL.RawQuery = qs.Encode()
-	}
-	return serveInMemory(t.h, r)
-}
-
-// serveInMemory serves r with h, without sockets.
-func serveInMemory(h http.Handler, r *http.Request) (*http.Response, error) {
-	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, r)
-	if err := r.Context().Err(); err != nil {
-		return nil, err
-	}
-	resp := rec.Result()
-	resp.Request = r
-	return resp, nil
-}
-
 // A handler that runs 5x the lock keeps its lock the whole time: another
 // client never gets the request, the handler's ctx never ends, and the
-// request is handled once. The same run with prolongs sent under a wrong
-// clientKey must lose the lock: that is what makes this test able to fail.
+// request is handled once. The same run where the API refuses every prolong
+// (403), or never answers one, must lose the lock to the other client: that
+// is what makes this test able to fail.
 func TestConsumeLongHandlerKeepsItsLock(t *testing.T) {
 	const lock = 10 * time.Second
-	for _, broken := range []bool{false, true} {
-		t.Run(fmt.Sprintf("prolongUnderWrongKey=%v", broken), func(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault *apifytest.Fault // on every prolong
+	}{
+		{"prolongs answer", nil},
+		{"prolongs refused", &apifytest.Fault{Status: 403, Type: "request-handled-or-locked", Message: "Request is locked by another client"}},
+		{"prolongs hang", &apifytest.Fault{Hang: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				srv, q, ids := memQueue(t, 1)
+				broken := tc.fault != nil
 				if broken {
-					c := srv.Client(apify.WithHTTPClient(&http.Client{Transport: rewriteProlongKey{srv.Handler()}}))
-					q = c.RequestQueue(q.ID())
+					srv.InjectFault(apifytest.OpProlongRequestLock, *tc.fault)
 				}
 				other := srv.Client().RequestQueue(q.ID())
 				var (
@@ -939,28 +922,17 @@ func TestConsumeKeepsAnUnrecordableRequestLockedThenReleasesIt(t *testing.T) {
 	})
 }
 
-// slowUpdateAnswer serves every call in memory at once, but the answer to
-// an update of a request comes back only after delay.
-type slowUpdateAnswer struct {
-	h     http.Handler
-	delay time.Duration
-}
-
-func (t slowUpdateAnswer) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := serveInMemory(t.h, r)
-	if r.Method == http.MethodPut && !strings.HasSuffix(r.URL.Path, "/lock") {
-		time.Sleep(t.delay)
-	}
-	return resp, err
-}
-
-// A result written while its lock came due for renewal: the prolong is
-// refused (the request is handled), and Consume waits for the update's
-// answer without prolonging again and again meanwhile. When that answer
-// comes after the lock's deadline (when the request was counted lost), the
-// result still counts as recorded, not as a lost lock.
+// A result written while its lock came due for renewal: the API records
+// the update at once, but its answer comes late (Fault.ResponseDelay). The
+// prolong is refused (the request is handled), and Consume waits for the
+// update's answer without prolonging again and again meanwhile. With a 9 s
+// delay the answer comes while the lease holds; with 15 s it would come
+// after the lease's end (the lock's deadline less the margin, at 10.8 s),
+// where Consume gives up on it and counts the request lost; the read that
+// follows finds the result recorded after all, so it counts as handled, not
+// as a lost lock.
 func TestConsumeDoesNotProlongARecordedRequest(t *testing.T) {
-	for _, delay := range []time.Duration{10 * time.Second, 15 * time.Second} {
+	for _, delay := range []time.Duration{9 * time.Second, 15 * time.Second} {
 		t.Run(delay.String(), func(t *testing.T) { testDoesNotProlongARecordedRequest(t, delay) })
 	}
 }
@@ -969,7 +941,7 @@ func testDoesNotProlongARecordedRequest(t *testing.T, delay time.Duration) {
 	synctest.Test(t, func(t *testing.T) {
 		const lock = 12 * time.Second
 		srv, q, _ := memQueue(t, 1)
-		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: slowUpdateAnswer{srv.Handler(), delay}})).RequestQueue(q.ID())
+		srv.InjectFault(apifytest.OpUpdateRequest, apifytest.Fault{ResponseDelay: delay})
 		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error {
 			time.Sleep(time.Second) // the update is sent at 1 s; the renewal is due at 8 s
 			return nil
@@ -982,28 +954,13 @@ func testDoesNotProlongARecordedRequest(t *testing.T, delay time.Duration) {
 	})
 }
 
-// loseFirstLockAnswer serves every call in memory, but the answer to the
-// first head/lock is lost on the way back: the server locked a batch the
-// consumer never saw.
-type loseFirstLockAnswer struct {
-	h    http.Handler
-	lost atomic.Bool
-}
-
-func (t *loseFirstLockAnswer) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := serveInMemory(t.h, r)
-	if err == nil && strings.HasSuffix(r.URL.Path, "/head/lock") && t.lost.CompareAndSwap(false, true) {
-		return nil, io.ErrUnexpectedEOF
-	}
-	return resp, err
-}
-
-// Requests locked by a head/lock whose answer was lost are not left to
-// expire: once Consume holds nothing else, it releases its own locks.
+// Requests locked by a head/lock whose answer was lost (the server locked
+// a batch the consumer never saw) are not left to expire: once Consume
+// holds nothing else, it releases its own locks.
 func TestConsumeReleasesLocksOfALostHeadLockAnswer(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv, q, _ := memQueue(t, 30)
-		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: &loseFirstLockAnswer{h: srv.Handler()}})).RequestQueue(q.ID())
+		srv.FailNext(apifytest.OpListAndLockHead, 1, apifytest.Fault{DropResponse: true})
 		start := time.Now()
 		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil },
 			apify.ConsumeOptions{ClientKey: "unlucky", LockDuration: time.Hour})
@@ -1016,27 +973,17 @@ func TestConsumeReleasesLocksOfALostHeadLockAnswer(t *testing.T) {
 	})
 }
 
-// loseFirstLockAnswerThenFailUnlocks is loseFirstLockAnswer, and the first
-// unlock after the lost answer fails with 503 (all its attempts).
-type loseFirstLockAnswerThenFailUnlocks struct {
-	loseFirstLockAnswer
-	srv *apifytest.Server
-}
-
-func (t *loseFirstLockAnswerThenFailUnlocks) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := t.loseFirstLockAnswer.RoundTrip(r)
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		t.srv.FailNext(apifytest.OpUnlockRequests, apify.DefaultMaxRetries+1, apifytest.Fault{Status: 503})
-	}
-	return resp, err
-}
-
 // A failed release of the locks a lost head/lock answer took is counted
 // like every failed call, and tried again.
 func TestConsumeRetriesTheReleaseOfALostHeadLockAnswer(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv, q, _ := memQueue(t, 30)
-		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: &loseFirstLockAnswerThenFailUnlocks{loseFirstLockAnswer{h: srv.Handler()}, srv}})).RequestQueue(q.ID())
+		srv.FailNext(apifytest.OpListAndLockHead, 1, apifytest.Fault{DropResponse: true})
+		// The start-up unlock goes through (its queued fault only holds it a
+		// millisecond); the unlock after the lost answer then fails, all
+		// its attempts.
+		srv.FailNext(apifytest.OpUnlockRequests, 1, apifytest.Fault{Delay: time.Millisecond})
+		srv.FailNext(apifytest.OpUnlockRequests, apify.DefaultMaxRetries+1, apifytest.Fault{Status: 503})
 		start := time.Now()
 		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error { return nil },
 			apify.ConsumeOptions{ClientKey: "unlucky", LockDuration: time.Hour})
@@ -1145,29 +1092,14 @@ func TestConsumeFinishesWithAConfirmingHeadLock(t *testing.T) {
 	})
 }
 
-// slowLockAnswer serves every call in memory at once, but the answers to
-// head/lock come back only after delay: the locks started when the call was
-// served, not when the answer came.
-type slowLockAnswer struct {
-	h     http.Handler
-	delay time.Duration
-}
-
-func (t slowLockAnswer) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := serveInMemory(t.h, r)
-	if strings.HasSuffix(r.URL.Path, "/head/lock") {
-		time.Sleep(t.delay)
-	}
-	return resp, err
-}
-
 // A lock's expiry is counted from when the head/lock was sent, so a slow
-// answer does not make Consume renew too late.
+// answer does not make Consume renew too late: here every head/lock is
+// served at once (the locks start then) and answered 6 s later.
 func TestConsumeCountsLocksFromTheCall(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const lock = 12 * time.Second
 		srv, q, _ := memQueue(t, 1)
-		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: slowLockAnswer{srv.Handler(), 6 * time.Second}})).RequestQueue(q.ID())
+		srv.InjectFault(apifytest.OpListAndLockHead, apifytest.Fault{ResponseDelay: 6 * time.Second})
 		other := srv.Client().RequestQueue(q.ID())
 		var stolen atomic.Int32
 		stop := make(chan struct{})
@@ -1234,28 +1166,15 @@ func TestConsumeCancelledWhileRetrying(t *testing.T) {
 	}
 }
 
-// cancelOnGet serves every call in memory; once it has served the first
-// GetRequest it cancels the consumer's ctx before the answer goes back.
-type cancelOnGet struct {
-	h      http.Handler
-	cancel context.CancelFunc
-}
-
-func (t cancelOnGet) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := serveInMemory(t.h, r)
-	if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/requests/") {
-		t.cancel()
-	}
-	return resp, err
-}
-
 // A request fetched just as the shutdown began is not started: it goes back
-// to the queue.
+// to the queue. Here the GetRequest's answer takes a second, and ctx is
+// cancelled half-way.
 func TestConsumeStartsNothingOnceShuttingDown(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv, q, _ := memQueue(t, 1)
 		ctx, cancel := context.WithCancel(context.Background())
-		q = srv.Client(apify.WithHTTPClient(&http.Client{Transport: cancelOnGet{srv.Handler(), cancel}})).RequestQueue(q.ID())
+		srv.InjectFault(apifytest.OpGetRequest, apifytest.Fault{ResponseDelay: time.Second})
+		time.AfterFunc(500*time.Millisecond, cancel)
 		var n atomic.Int32
 		stats, err := q.Consume(ctx, func(context.Context, *apify.Request) error { n.Add(1); return nil }, apify.ConsumeOptions{ClientKey: "late"})
 		require.ErrorIs(t, err, context.Canceled)

@@ -55,6 +55,9 @@ func (c *consumer) process(l *lease) bool {
 		c.unstartRunning(l) // stopping: start no new work
 		return false
 	}
+	if l.after != nil && !c.checkRelocked(l) {
+		return false
+	}
 	req, ok := c.fetch(l)
 	if !ok {
 		return false
@@ -78,7 +81,7 @@ func (c *consumer) process(l *lease) bool {
 	case herr != nil && errors.Is(cause, ErrShuttingDown):
 		// Cut off by the shutdown, not a failure of the request: leave it
 		// locked for the final unlock, without spending a retry.
-		c.log.Info("apify: Consume: handler stopped by the shutdown; the request goes back to the queue", "queue", c.q.id, "request", l.id, "url", l.url)
+		c.log.Info("apify: Consume: handler stopped by the shutdown; the request goes back to the queue", "queue", c.queue, "request", l.id, "url", l.url)
 		c.keeper.finish(l)
 		return true
 	case herr != nil && errors.Is(cause, ErrHandlerTimeout) && !errors.Is(herr, ErrHandlerTimeout):
@@ -101,7 +104,7 @@ func (c *consumer) runHandler(l *lease, req *Request) (herr, cause error, abando
 	defer cancel(nil)
 	timeout := time.AfterFunc(c.o.HandlerTimeout, func() { cancel(ErrHandlerTimeout) })
 	defer timeout.Stop()
-	stopDrain := context.AfterFunc(c.drain, func() { cancel(ErrShuttingDown) })
+	stopDrain := context.AfterFunc(c.drain, func() { cancel(c.drainCause()) })
 	defer stopDrain()
 
 	done := make(chan error, 1) // never blocks the handler's goroutine, even abandoned
@@ -114,7 +117,7 @@ func (c *consumer) runHandler(l *lease, req *Request) (herr, cause error, abando
 	cause = context.Cause(hctx)
 	grace := c.grace
 	if errors.Is(cause, ErrShuttingDown) {
-		grace = min(grace, c.o.ShutdownTimeout/2)
+		grace = time.Duration(c.shutdownGrace.Load())
 	}
 	t := time.NewTimer(grace)
 	defer t.Stop()
@@ -133,10 +136,10 @@ func (c *consumer) call(ctx context.Context, req *Request, done chan<- error) {
 	returned := false
 	defer func() {
 		if p := recover(); p != nil {
-			c.log.Error("apify: Consume: handler panicked", "queue", c.q.id, "request", req.ID, "url", req.URL, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			c.log.Error("apify: Consume: handler panicked", "queue", c.queue, "request", req.ID, "url", req.URL, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 			err = fmt.Errorf("handler panicked: %v", p)
 		} else if !returned {
-			c.log.Error("apify: Consume: handler called runtime.Goexit", "queue", c.q.id, "request", req.ID, "url", req.URL)
+			c.log.Error("apify: Consume: handler called runtime.Goexit", "queue", c.queue, "request", req.ID, "url", req.URL)
 			err = errHandlerGoexit
 		}
 		done <- err
@@ -152,7 +155,7 @@ func (c *consumer) call(ctx context.Context, req *Request, done chan<- error) {
 func (c *consumer) abandon(l *lease, orig *Request, cause error) {
 	c.abandoned.Add(1)
 	c.log.Error("apify: Consume: abandoned a handler that did not return after its ctx ended; its goroutine may still be running, and its result will be ignored",
-		"queue", c.q.id, "request", l.id, "url", l.url, "cause", cause, "grace", c.grace)
+		"queue", c.queue, "request", l.id, "url", l.url, "cause", cause, "grace", c.grace)
 	switch {
 	case errors.Is(cause, ErrHandlerTimeout) && !l.lost():
 		req := *orig
@@ -162,6 +165,36 @@ func (c *consumer) abandon(l *lease, orig *Request, cause error) {
 	case !l.lost():
 		c.keeper.finish(l) // shutting down: the final unlock releases it
 	}
+}
+
+// checkRelocked makes sure that a request locked again while its earlier
+// release was under way is still ours: it waits for that release to end
+// (a retry of it, after a lost answer, may have deleted the new lock) and
+// prolongs the lock. It reports false when the lock is gone: the request is
+// back in the queue (or someone else's), and is skipped here.
+func (c *consumer) checkRelocked(l *lease) bool {
+	select {
+	case <-l.after.ctx.Done():
+	case <-l.ctx.Done():
+		return false
+	}
+	var sent time.Time
+	err := c.underLease(l, "prolong a lock taken again", func(ctx context.Context) error {
+		sent = time.Now()
+		_, err := c.q.ProlongRequestLock(ctx, l.id, ProlongLockOptions{LockDuration: l.dur, ClientKey: c.o.ClientKey, Forefront: true})
+		return err
+	})
+	switch {
+	case err == nil:
+		c.keeper.prolonged(l, sent)
+		return true
+	case isLockRefused(err):
+		c.log.Info("apify: Consume: a request locked again while its release was retried lost that lock to the retry; skipped", "queue", c.queue, "request", l.id)
+		c.keeper.finish(l)
+	default:
+		c.leaseCallFailed(l, err)
+	}
+	return false
 }
 
 // fetch gets the whole request under the lease, retrying transient failures
@@ -180,7 +213,7 @@ func (c *consumer) fetch(l *lease) (*Request, bool) {
 		cancel()
 		switch {
 		case err == nil && !req.HandledAt.IsZero():
-			c.log.Warn("apify: Consume: a locked request was already handled; skipped", "queue", c.q.id, "request", l.id)
+			c.log.Warn("apify: Consume: a locked request was already handled; skipped", "queue", c.queue, "request", l.id)
 			c.keeper.finish(l)
 			return nil, false
 		case err == nil:
@@ -191,7 +224,7 @@ func (c *consumer) fetch(l *lease) (*Request, bool) {
 			c.unstartRunning(l)
 			return nil, false
 		case errors.Is(err, ErrNotFound):
-			c.log.Warn("apify: Consume: a locked request is gone (deleted?); skipped", "queue", c.q.id, "request", l.id, "error", err)
+			c.log.Warn("apify: Consume: a locked request is gone (deleted?); skipped", "queue", c.queue, "request", l.id, "error", err)
 			c.keeper.finish(l)
 			return nil, false
 		case queueUnusable(err):

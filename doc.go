@@ -1,5 +1,6 @@
-// Package apify is a Go client for Apify's request queues, built first around
-// one call: releasing every lock a crawler holds when it stops.
+// Package apify is a Go client for Apify's request queues, built around the
+// crawler's loop, [RequestQueueClient.Consume], and the one call that makes
+// stopping safe: releasing every lock a crawler holds when it stops.
 //
 // Apify crawlers take work from a request queue by locking requests under a
 // clientKey (or their Actor run). A crawler that stops leaves its locks
@@ -33,6 +34,41 @@
 //	stats, err := q.Consume(ctx, func(ctx context.Context, req *apify.Request) error {
 //		return crawl(ctx, req) // nil: handled; an error: tried again later
 //	}, apify.ConsumeOptions{Concurrency: 10})
+//
+// The README's quick start (examples/quickstart) is a whole crawler on it:
+// seeding, depth in UserData, links added under the consumer's clientKey,
+// and its test against the emulator of package apifytest.
+//
+// # Beyond the queue calls
+//
+// [Client.Do] calls any endpoint of the API (an Actor run, a dataset)
+// through the same core: token, retries, limits and error types.
+// [Client.RunRequestQueue] addresses an Actor run's default queue by the
+// run, under /v2/actor-runs/{runId}/request-queue.
+//
+// # Platform events
+//
+// Inside an Actor run the platform sends the run events over a WebSocket:
+// migrating (the process is killed after [PlatformEvent.TimeRemaining] and
+// the run restarts elsewhere), aborting (force-stopped about 30 s later),
+// persistState and systemInfo. [SubscribePlatformEvents] reads them over one
+// connection per process shared by every subscription, reconnects after a
+// drop but never after a close with code 1008, and outside Apify returns a
+// stream that never delivers, so the same code runs everywhere:
+//
+//	events, err := apify.SubscribePlatformEvents(ctx, apify.PlatformEventsOptions{})
+//	if err != nil {
+//		return err
+//	}
+//	defer events.Close()
+//	for ev := range events.C() {
+//		if ev.Name == apify.PlatformEventMigrating {
+//			// save state within ev.TimeRemaining, then exit non-zero
+//		}
+//	}
+//
+// A process that exits 0 while migrating ends the run SUCCEEDED and the
+// platform does not restart it; see [ErrMigrating] and [Client.RebootRun].
 //
 // # Correct on the wire
 //
@@ -69,7 +105,7 @@
 // # Errors to act on
 //
 // A response outside 2xx is an [*APIError] (status, the API's error type and
-// message, attempts made, Retry-After); errors.Is maps it to [ErrNotFound],
+// message, attempts made, Retry-After, the response's header); errors.Is maps it to [ErrNotFound],
 // [ErrRateLimited] and the other sentinels. A call that got no usable response
 // is a [*RequestError] wrapping its cause, so errors.Is(err,
 // context.DeadlineExceeded) works; when the context ended (or would have)

@@ -77,6 +77,13 @@ type APIError struct {
 	Attempts int
 	// RetryAfter is the response's Retry-After header, 0 when it had none.
 	RetryAfter time.Duration
+	// Header is the response's header, such as X-RateLimit-Limit (the
+	// per-queue limit of the call's class), Retry-After, or a proxy's
+	// headers: never anything of the request's. A copy, owned by the
+	// error. Where a value holds the Client's token (a proxy that echoes
+	// the request back), the token reads [REDACTED], as in Message. Error()
+	// does not print it.
+	Header http.Header
 }
 
 // Error reads like

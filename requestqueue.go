@@ -10,11 +10,15 @@ import (
 // RequestQueueClient is a handle on one request queue. It is cheap to make,
 // does no I/O, and is safe for concurrent use.
 type RequestQueueClient struct {
-	c   *Client
-	id  string
-	err error // why id is invalid; every call returns it before any I/O
+	c     *Client
+	id    string
+	runID string // set instead of id by RunRequestQueue
+	err   error  // why id (or runID) is invalid; every call returns it before any I/O
 
-	base   endpoint // /v2/request-queues/{queueId}
+	// base is the queue's path, /v2/request-queues/{queueId} or
+	// /v2/actor-runs/{runId}/request-queue: every call's path starts with
+	// it, so swapping it moves every call.
+	base   endpoint
 	unlock endpoint // .../requests/unlock, built once: it is the hot path
 }
 
@@ -32,16 +36,51 @@ func (c *Client) RequestQueue(queueID string) *RequestQueueClient {
 		q.err = fmt.Errorf("apify: %w: %w", ErrInvalidQueueID, err)
 		return q
 	}
-	q.base = endpoint{
-		path:    c.basePath + "/v2/request-queues/" + queueID,
-		rawPath: c.baseRawPath + "/v2/request-queues/" + url.PathEscape(queueID),
-	}
-	q.unlock = q.endpoint("/requests/unlock")
+	q.setBase("/v2/request-queues/"+queueID, "/v2/request-queues/"+url.PathEscape(queueID))
 	return q
 }
 
-// ID returns the queue ID the handle was made with.
+// RunRequestQueue returns a handle on the default request queue of the
+// Actor run runID, addressed through the run:
+// /v2/actor-runs/{runId}/request-queue, and below it the same paths as
+// under /v2/request-queues/{queueId}, for every call of the handle. It
+// suits code that knows the run but not its queue's ID (an SDK that starts
+// runs, say); inside the run itself, [DefaultRequestQueueID] names the same
+// queue.
+//
+// The run ID goes into the URL as one escaped path segment. An invalid run
+// ID (empty, "." or "..", not UTF-8, or holding control characters) is
+// reported, wrapping [ErrInvalidInput], by every call on the handle, before
+// any I/O.
+func (c *Client) RunRequestQueue(runID string) *RequestQueueClient {
+	q := &RequestQueueClient{c: c, runID: runID}
+	if err := validateID("run ID", runID); err != nil {
+		q.err = fmt.Errorf("apify: %w: %w", ErrInvalidInput, err)
+		return q
+	}
+	q.setBase("/v2/actor-runs/"+runID+"/request-queue", "/v2/actor-runs/"+url.PathEscape(runID)+"/request-queue")
+	return q
+}
+
+// setBase sets the queue's path, unescaped and escaped, below the Client's
+// base path, and the paths built from it once.
+func (q *RequestQueueClient) setBase(path, rawPath string) {
+	q.base = endpoint{path: q.c.basePath + path, rawPath: q.c.baseRawPath + rawPath}
+	q.unlock = q.endpoint("/requests/unlock")
+}
+
+// ID returns the queue ID the handle was made with; "" for a handle made
+// with [Client.RunRequestQueue], which names its queue by the run.
 func (q *RequestQueueClient) ID() string { return q.id }
+
+// label names the queue in log records and errors: its ID, or the run
+// whose default queue it is.
+func (q *RequestQueueClient) label() string {
+	if q.runID != "" {
+		return "the default queue of run " + q.runID
+	}
+	return q.id
+}
 
 // endpoint returns the path of an operation below the queue; suffix must
 // need no escaping (request IDs are escaped by the caller).
@@ -89,6 +128,9 @@ func validateID(what, id string) error {
 func (q *RequestQueueClient) String() string {
 	if q == nil {
 		return "apify.RequestQueueClient(nil)"
+	}
+	if q.runID != "" {
+		return fmt.Sprintf("apify.RequestQueueClient{runID: %q, client: %s}", q.runID, q.c)
 	}
 	return fmt.Sprintf("apify.RequestQueueClient{queueID: %q, client: %s}", q.id, q.c)
 }

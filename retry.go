@@ -195,7 +195,7 @@ func (cl *call) apiError(resp *http.Response, body []byte) *APIError {
 		header.Set("Location", tok.redact(b.location))
 	}
 	e := newAPIError(cl.req.method, cl.req.ep.rawPath, resp.StatusCode, header, tok.redactBytes(body), cl.attempts)
-	e.Type, e.Message = tok.redact(e.Type), tok.redact(e.Message)
+	e.Type, e.Message, e.Header = tok.redact(e.Type), tok.redact(e.Message), tok.redactHeader(header)
 	return e
 }
 
@@ -314,17 +314,8 @@ func notSentError(err error) string {
 // when it is a 429 or 503 that has one, else exponential backoff with full
 // jitter, always within [waitMin, waitMax].
 func (c *Client) retryWait(n int, resp *http.Response) time.Duration {
-	if d, ok := retryAfterHint(resp); ok {
-		return min(max(d, c.waitMin), c.waitMax)
-	}
-	upper := c.waitMax
-	if n < 62 && c.waitMin <= c.waitMax>>(n+1) {
-		upper = c.waitMin << (n + 1)
-	}
-	if upper <= c.waitMin {
-		return c.waitMin
-	}
-	return c.waitMin + time.Duration(c.randN(int64(upper-c.waitMin)+1))
+	hint, hinted := retryAfterHint(resp)
+	return backoff{min: c.waitMin, max: c.waitMax}.wait(n, hint, hinted, c.randN)
 }
 
 // retryAfterHint returns the Retry-After of a 429 or 503 response.

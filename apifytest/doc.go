@@ -42,6 +42,23 @@
 //	GET    /v2/request-queues/{queueId}/head                 pending requests, unlocked only
 //	POST   /v2/request-queues/{queueId}/head/lock            lock up to 25 (lockSecs, limit, clientKey)
 //
+// Every path below /v2/request-queues/{queueId} is also served below
+// /v2/actor-runs/{runId}/request-queue, for the default queue of that Actor
+// run, as Apify serves a run's default storages (see Runs below).
+//
+// One path is the emulator's own, not Apify's: GET
+// /v2/x-apifytest/request-queues/{queueId}/locks ([LocksPath]) lists who
+// holds each lock of a queue and until when, which Apify's API never tells
+// (its list of requests has no lock holder). It lives apart from the API's
+// paths so that no response of the API's operations carries a field Apify's
+// does not; apify-rq list shows lock holders with it, and on Apify's API,
+// where it answers 404, says the holders are unknown.
+//
+// and, outside the request-queue API:
+//
+//	GET    /v2/actor-runs/{runId}                            the run object (its defaultRequestQueueId is Server.RunQueue's)
+//	POST   /v2/actor-runs/{runId}/reboot                     recorded (Server.Reboots); 200 with the run
+//
 // Requests get the IDs Apify gives them (see [RequestID]); adding a
 // uniqueKey that is already there returns wasAlreadyPresent. Locked requests
 // are hidden from head and from other callers' head/lock; an expired lock
@@ -58,6 +75,27 @@
 // token makes its caller count as inside that Actor run: the locks it takes
 // belong to the run too.
 //
+// # Runs
+//
+// An Actor run's default queue is an unnamed queue of [DefaultUser], made on
+// first use: by [Server.RunQueue], which returns its ID, or by the first
+// call under /v2/actor-runs/{runId}/request-queue. The emulator knows the
+// runs of its [WithRunToken] tokens and those named to [Server.RunQueue]; a
+// call under the path of any other run gets 404 record-not-found, as Apify
+// answers for a run that does not exist (after authentication: a missing
+// token is still 401). The queue is an ordinary queue otherwise: its ID
+// reaches it too, deleting it leaves the run without one (404), and calls
+// under the run's path are the same operations (counted by [Server.Calls],
+// failed by [Server.FailNext], rate limited with the queue's budget).
+//
+// # Seeding
+//
+// [Server.AddRequests] takes every field a request stores ([Request]:
+// userData, headers, payload, noRetry, retryCount, errorMessages, and
+// handledAt to seed a handled one), checked as the API checks an added
+// request; only the URL, uniqueKey and method are taken as they are, so
+// that a test can seed requests the API would refuse.
+//
 // # Testing retries, slow APIs and time
 //
 // [Server.FailNext] makes the next n calls of an [Operation] fail as a
@@ -72,6 +110,10 @@
 //     end of the delay;
 //   - never answer (Hang): the call is held until the caller gives up or
 //     the server is closed, and nothing is done;
+//   - serve the call at once, making its changes with the clock read as it
+//     arrives, and hold the answer back for a while (ResponseDelay): a slow
+//     answer, whose caller may give up while the work is already done (its
+//     answer is then lost);
 //   - serve the call, making its changes, and then drop the connection
 //     before the answer (DropResponse): a lost answer, which the SDK
 //     retries when the call is idempotent, and whose retry finds the new
@@ -81,12 +123,25 @@
 // call in n (Every), so a chaos test can, say, lose every 7th head/lock
 // answer or hang one request's prolongs, deterministically. A call gets
 // one fault at most: FailNext's first, then InjectFault's in the order
-// injected. A Delay or a Hang ends when the caller's request context ends
-// (a client timeout, a closed connection) or the server is closed; it is
-// waited in real time, which is fake time inside a testing/synctest bubble
-// (with [NewUnstartedServer] and its in-memory Client). [Server.Calls]
-// counts the calls an operation received, faulted and held ones included.
+// injected. A Delay, a Hang or a ResponseDelay ends when the caller's
+// request context ends (a client timeout, a closed connection) or the
+// server is closed; it is waited in real time, which is fake time inside a
+// testing/synctest bubble (with [NewUnstartedServer] and its in-memory
+// Client). [Server.Calls] counts the calls an operation received, faulted
+// and held ones included, and [Server.Faulted] those given a fault.
 // [WithClock] with a [ManualClock] moves time only when the test says so.
+//
+// # Platform events
+//
+// [WithPlatformEvents] (apify-rq serve --events) serves the WebSocket an
+// Actor run reads its platform events from (migrating, aborting,
+// persistState, ...) at EventsPathPrefix + runID: [Server.EventsURL] is
+// the URL of [DefaultRunID], [Server.RunEventsURL] that of another run.
+// [Server.SendEvent] sends every connected client an event;
+// [Server.DropEventConnections] and [Server.CloseEventConnections] end the
+// connections, to test reconnecting and a close for good. As on the
+// platform, a run has one connection: a second one, and one for an unknown
+// run, is closed with 1008.
 //
 // # Rate limits
 //
@@ -163,7 +218,8 @@
 //     in unprocessedRequests. Updates that do not set handledAt are allowed
 //     to anyone. An unlocked request may be handled by anyone.
 //   - No clientKey. A call without a clientKey counts as a new client (as the
-//     spec says for hadMultipleClients). So outside a run, unlock without a
+//     spec says for hadMultipleClients; a read without one is no client, see
+//     hadMultipleClients below). So outside a run, unlock without a
 //     clientKey returns 200 with unlockedCount 0; inside a run it releases
 //     the run's locks. A lock taken without a clientKey outside a run has no
 //     holder that a later call can prove to be: nobody can prolong, delete
@@ -223,9 +279,21 @@
 //   - Listing (GET .../requests) returns requests in the order they were
 //     added; its cursor is opaque. filter=locked is requests with a live
 //     lock, filter=pending those neither locked nor handled.
-//   - hadMultipleClients becomes true once calls with two different
-//     clientKeys, or any call without one after the first call, reached the
-//     queue; the operations that take a clientKey parameter count.
+//   - hadMultipleClients becomes true once the queue has seen two clients.
+//     Only the operations that take a clientKey parameter count. Clients
+//     are told apart by clientKey, and a call that changes the queue (add,
+//     batch add or delete, update, delete, head/lock, prolong, delete a
+//     lock, unlock) without one is a new client every time, as the spec
+//     says of the clientKey parameter. So a queue seeded without a clientKey
+//     and then consumed with one has had two clients, as it has on Apify by
+//     that rule: to keep a queue single-client, seed it (and add the links
+//     a handler finds) with the consumer's clientKey. A read without a
+//     clientKey (GET head, the list of requests) is no client at all: it
+//     cannot make any client's picture of the queue stale, which is what
+//     SDKs read the flag for, and tools that inspect a queue (apify-rq show
+//     and list, the console) read without one; counting them would make a
+//     second look report what the first look did. A read with a clientKey
+//     counts that key. Reading the queue object never counts.
 //     queueHasLockedRequests is computed after head/lock took its locks.
 //   - Users. "~name" is the caller's queue, "username~name" the named user's
 //     (404 record-not-found when there is no such user or queue; 403
@@ -271,9 +339,10 @@
 //     use the emulator's IP address or localhost.
 //   - Time is UTC with millisecond precision; a lock has expired from its
 //     lockExpiresAt on. Each call reads the clock once, when it arrives
-//     (after an injected Delay), and all of it (expiring locks, the new
-//     expiry, timestamps, the rate limit) happens at that instant. Injected
-//     faults that fail a call answer before authentication and before any
-//     state changes. Rate limits are modelled only with
-//     [WithRateLimits] (see Rate limits); FailNext injects any other 429.
+//     (after an injected Delay, before a ResponseDelay), and all of it
+//     (expiring locks, the new expiry, timestamps, the rate limit) happens
+//     at that instant. Injected faults that fail a call answer before
+//     authentication and before any state changes. Rate limits are
+//     modelled only with [WithRateLimits] (see Rate limits); FailNext
+//     injects any other 429.
 package apifytest

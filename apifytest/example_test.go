@@ -2,6 +2,7 @@ package apifytest_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"net/http"
@@ -155,4 +156,30 @@ func ExampleServer_InjectFault() {
 	// https://example.com/a was already present: false
 	// https://example.com/b was already present: true
 	// calls: 3 requests: 2
+}
+
+// A slow answer: the API locks the request as the call arrives, but its
+// answer takes an hour. The caller gives up after 20 ms without an answer,
+// yet the request is locked under its key: a consumer must count a lock
+// from when it sent the call, not from when the answer came.
+func ExampleFault_responseDelay() {
+	srv := apifytest.NewUnstartedServer() // its Client serves it in memory
+	defer srv.Close()
+	queueID := srv.CreateQueue("crawl")
+	srv.AddRequests(queueID, apifytest.Request{URL: "https://example.com/a"})
+	srv.FailNext(apifytest.OpListAndLockHead, 1, apifytest.Fault{ResponseDelay: time.Hour})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	q := srv.Client(apify.WithMaxRetries(0)).RequestQueue(queueID)
+	_, err := q.ListAndLockHead(ctx, apify.LockHeadOptions{Limit: 1, ClientKey: "impatient"})
+	fmt.Println("gave up:", errors.Is(err, context.DeadlineExceeded))
+	for _, r := range srv.Locked(queueID) {
+		fmt.Println(r.URL, "is locked by", r.Lock.ClientKey)
+	}
+	fmt.Println("faulted calls:", srv.Faulted(apifytest.OpListAndLockHead))
+	// Output:
+	// gave up: true
+	// https://example.com/a is locked by impatient
+	// faulted calls: 1
 }

@@ -64,15 +64,17 @@ var onOneRequest = []Operation{OpGetRequest, OpUpdateRequest, OpDeleteRequest, O
 
 // Fault is what an injected fault does to a call ([Server.FailNext],
 // [Server.InjectFault]): fail it with an error status, drop its connection,
-// hold it for a while (Delay) or for ever (Hang), or serve it and lose the
-// answer (DropResponse). A Fault must do at least one of these. A failing
-// Fault answers before the call is authenticated or touches any state; a
-// Delay alone and DropResponse let the call be served as usual.
+// hold it for a while (Delay) or for ever (Hang), serve it and hold its
+// answer back (ResponseDelay), or serve it and lose the answer
+// (DropResponse). A Fault must do at least one of these. A failing Fault
+// answers before the call is authenticated or touches any state; a Delay
+// alone, ResponseDelay and DropResponse let the call be served as usual.
 //
-// Delay combines with Status, DropConnection or DropResponse (the delay
-// comes first); Hang combines with nothing but the targeting fields
-// (RequestID, Every); DropResponse does not combine with Status or
-// DropConnection.
+// Delay combines with Status, DropConnection, ResponseDelay or DropResponse
+// (the delay comes first); ResponseDelay combines with DropResponse (the
+// answer is held back, then lost); Hang combines with nothing but the
+// targeting fields (RequestID, Every); ResponseDelay and DropResponse do not
+// combine with Status or DropConnection, which do not serve the call.
 type Fault struct {
 	// Status is the response's status, 400 to 599.
 	Status int
@@ -105,6 +107,19 @@ type Fault struct {
 	// until the caller gives up (the request's context ends) or the server
 	// is closed, which drops the connection.
 	Hang bool
+	// ResponseDelay serves the call at once, making its changes and
+	// reading the server's clock as it arrives (a lock it takes expires
+	// lockSecs after the call arrived), and holds the answer back this
+	// long before writing it: a slow answer, as from a distant or loaded
+	// API, where the work is done long before the caller hears of it. The
+	// wait is in real time (fake time inside a testing/synctest bubble),
+	// whatever the server's [Clock]. It ends early, and the answer is
+	// lost (the work stays done), when the caller gives up (the request's
+	// context ends) or the server is closed (which drops the connection).
+	// With DropResponse, the connection is dropped at the end of the wait
+	// instead of the answer being written: an answer lost after a while,
+	// as when a proxy times out on a call the API did serve.
+	ResponseDelay time.Duration
 	// DropResponse serves the call fully, making its changes, then drops
 	// the connection instead of sending the answer: the work is done, but
 	// the caller sees a connection closed before any response (an
@@ -129,7 +144,7 @@ type Fault struct {
 
 // does reports whether f does anything to a call.
 func (f Fault) does() bool {
-	return f.Status != 0 || f.DropConnection || f.Delay > 0 || f.Hang || f.DropResponse
+	return f.Status != 0 || f.DropConnection || f.Delay > 0 || f.Hang || f.DropResponse || f.ResponseDelay > 0
 }
 
 // check panics, naming fn, when op is unknown or f is not a fault one can
@@ -143,16 +158,20 @@ func (f Fault) check(fn string, op Operation) {
 		fail("unknown operation %q", op)
 	case f.Delay < 0:
 		fail("Fault.Delay is %v; it must not be negative", f.Delay)
+	case f.ResponseDelay < 0:
+		fail("Fault.ResponseDelay is %v; it must not be negative", f.ResponseDelay)
 	case f.Every < 0:
 		fail("Fault.Every is %d; it must not be negative (0 and 1 mean every call)", f.Every)
 	case f.RequestID != "" && !slices.Contains(onOneRequest, op):
 		fail("Fault.RequestID is set, but %s does not name a request; RequestID targets calls of %v", op, onOneRequest)
 	case !f.does():
-		fail("the Fault does nothing: give it a Status (400 to 599), DropConnection, DropResponse, Hang or a Delay")
-	case f.Hang && (f.Status != 0 || f.DropConnection || f.DropResponse || f.Delay != 0):
-		fail("Fault.Hang never answers, so Status, DropConnection, DropResponse and Delay cannot go with it")
+		fail("the Fault does nothing: give it a Status (400 to 599), DropConnection, DropResponse, Hang, a Delay or a ResponseDelay")
+	case f.Hang && (f.Status != 0 || f.DropConnection || f.DropResponse || f.Delay != 0 || f.ResponseDelay != 0):
+		fail("Fault.Hang never answers, so Status, DropConnection, DropResponse, Delay and ResponseDelay cannot go with it")
 	case f.DropResponse && (f.Status != 0 || f.DropConnection):
 		fail("Fault.DropResponse serves the call and loses its answer, so Status and DropConnection cannot go with it")
+	case f.ResponseDelay != 0 && (f.Status != 0 || f.DropConnection):
+		fail("Fault.ResponseDelay holds back the answer of a call it serves, so Status and DropConnection (which do not serve the call) cannot go with it; a Delay with them makes a slow failure")
 	case f.Status != 0 && !f.DropConnection && (f.Status < 400 || f.Status > 599):
 		fail("Fault.Status %d is not an error status (400 to 599); set DropConnection to drop the connection", f.Status)
 	}
@@ -183,10 +202,11 @@ type faults struct {
 	mu       sync.Mutex
 	calls    map[Operation]int
 	limited  map[Operation]int // calls refused by the rate-limit model
+	faulted  map[Operation]int // calls given an injected fault
 	pending  map[Operation][]pendingFault
 	standing map[Operation][]*injected // InjectFault's, in the order injected
 	closed   chan struct{}             // closed by release: the server is closing
-	held     atomic.Int64              // calls being held by a Delay or a Hang
+	held     atomic.Int64              // calls being held by a Delay, a Hang or a ResponseDelay
 }
 
 // next records a call to op, on the request requestID ("" for none), and
@@ -209,12 +229,14 @@ func (fs *faults) next(op Operation, requestID string) (Fault, bool) {
 			if in.left--; in.left == 0 {
 				fs.pending[op] = slices.Delete(q, i, i+1)
 			}
+			fs.faulted[op]++
 			return in.f, true
 		}
 		break
 	}
 	for _, in := range fs.standing[op] {
 		if _, give := in.offer(requestID); give {
+			fs.faulted[op]++
 			return in.f, true
 		}
 	}
@@ -242,8 +264,8 @@ func (fs *faults) closingLocked() chan struct{} {
 	return fs.closed
 }
 
-// release ends every Delay and Hang, now and from now on: the server is
-// closing. It may be called more than once.
+// release ends every Delay, Hang and ResponseDelay, now and from now on:
+// the server is closing. It may be called more than once.
 func (fs *faults) release() {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
@@ -288,8 +310,8 @@ func (s *Server) FailNext(op Operation, n int, f Fault) {
 // InjectFault's. When several InjectFault faults target a call, the first
 // injected whose turn it is gives it its fault (a call gets one fault at
 // most); each counts, for Every, the calls that reach it. remove may be
-// called more than once, from any goroutine; calls being held by f's Delay
-// or Hang stay held.
+// called more than once, from any goroutine; calls being held by f's
+// Delay, Hang or ResponseDelay stay held.
 //
 // It panics on an unknown op or a Fault that FailNext would refuse.
 func (s *Server) InjectFault(op Operation, f Fault) (remove func()) {
@@ -316,6 +338,16 @@ func (s *Server) Calls(op Operation) int {
 	return s.faults.calls[op]
 }
 
+// Faulted returns how many calls of op were given an injected fault, by
+// [Server.FailNext] or [Server.InjectFault] (whatever the fault did: a
+// Delay alone counts too); [Server.Calls] counts them too. A chaos test
+// reads it to know how many faults its run met.
+func (s *Server) Faulted(op Operation) int {
+	s.faults.mu.Lock()
+	defer s.faults.mu.Unlock()
+	return s.faults.faulted[op]
+}
+
 // inject treats a call of op with its fault f; serve serves the call as
 // usual, writing to the ResponseWriter it is given.
 func (fs *faults) inject(w http.ResponseWriter, r *http.Request, op Operation, f Fault, serve func(http.ResponseWriter)) {
@@ -336,12 +368,42 @@ func (fs *faults) inject(w http.ResponseWriter, r *http.Request, op Operation, f
 		dropConnection(w)
 	case f.Status != 0:
 		serveFault(w, op, f)
+	case f.ResponseDelay > 0:
+		fs.answerLate(w, r, f, serve)
 	case f.DropResponse:
 		serve(httptest.NewRecorder())
 		dropConnection(w)
 	default: // a delay alone
 		serve(w)
 	}
+}
+
+// answerLate serves a call at once into a recorder, holds the answer for
+// f.ResponseDelay, then writes it (or, with f.DropResponse, drops the
+// connection instead). A caller that gives up meanwhile gets nothing; a
+// server that closes drops the connection.
+func (fs *faults) answerLate(w http.ResponseWriter, r *http.Request, f Fault, serve func(http.ResponseWriter)) {
+	fs.held.Add(1)
+	defer fs.held.Add(-1)
+	readBodyFirst(r) // so that a net/http server notices a caller that hangs up during the wait
+	rec := httptest.NewRecorder()
+	serve(rec)
+	switch fs.hold(r.Context(), Fault{Delay: f.ResponseDelay}) {
+	case callerGone:
+		return // the work is done; nobody is left to hear of it
+	case serverClosing:
+		dropConnection(w)
+		return
+	}
+	if f.DropResponse {
+		dropConnection(w)
+		return
+	}
+	for k, v := range rec.Header() {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(rec.Code)
+	_, _ = w.Write(rec.Body.Bytes())
 }
 
 // holdEnd is how a Delay or a Hang ended.

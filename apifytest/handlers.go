@@ -79,7 +79,13 @@ func (s *Server) routes() http.Handler {
 		{"POST " + q + "/head/lock", OpListAndLockHead, s.serveListAndLockHead},
 	} {
 		mux.HandleFunc(rt.pattern, s.operation(rt.op, rt.f))
+		// An Actor run's default queue: the same operations, below its path.
+		if method, path, _ := strings.Cut(rt.pattern, " "); strings.HasPrefix(path, q) {
+			mux.HandleFunc(method+" "+runQueuePrefix+strings.TrimPrefix(path, q), s.operation(rt.op, rt.f))
+		}
 	}
+	s.platformRoutes(mux)
+	mux.HandleFunc("GET "+LocksPath, s.serveLocks)
 	return router{mux, strconv.Itoa(s.limiter.limits.Other)}
 }
 
@@ -106,6 +112,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, op Operation, cla
 	c, err := s.authenticate(r)
 	if err == nil {
 		c.now = now
+		if knownOperation(op) { // the request-queue operations, not the runs' own
+			err = s.servedRunQueue(r, c)
+		}
+	}
+	if err == nil {
 		err = s.rateLimit(w, r, op, class, c)
 	}
 	if err == nil {
@@ -187,7 +198,8 @@ func (rt router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.ServeHTTP(probe, r)
 	if probe.status != http.StatusMethodNotAllowed {
 		writeError(w, newAPIError(http.StatusNotFound, "page-not-found",
-			"There is no API endpoint at %s %s; the emulator serves the request-queue API under /v2/request-queues",
+			"There is no API endpoint at %s %s; the emulator serves the request-queue API under /v2/request-queues "+
+				"and /v2/actor-runs/{runId}/request-queue",
 			r.Method, r.URL.EscapedPath()))
 		return
 	}

@@ -364,6 +364,177 @@ func TestFaultDropResponse(t *testing.T) {
 	})
 }
 
+func TestFaultResponseDelay(t *testing.T) {
+	t.Run("in memory: served at once, the answer held back", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			s := NewUnstartedServer()
+			q, ids := faultQueue(s, 2)
+			c := s.Client(apify.WithMaxRetries(0))
+			s.FailNext(OpListAndLockHead, 1, Fault{ResponseDelay: 5 * time.Second})
+			start := time.Now()
+			type result struct {
+				head *apify.LockedHead
+				err  error
+			}
+			done := make(chan result, 1)
+			go func() {
+				head, err := c.RequestQueue(q).ListAndLockHead(context.Background(), apify.LockHeadOptions{Limit: 1, LockDuration: time.Minute, ClientKey: "k"})
+				done <- result{head, err}
+			}()
+			synctest.Wait() // served; the answer is on hold
+			want := start.Add(time.Minute)
+			if st, _ := s.Request(q, ids[0]); st.Lock == nil || !st.Lock.ExpiresAt.Equal(want) {
+				t.Errorf("before the answer, the lock = %+v, want one taken on arrival, expiring at %v", st.Lock, want)
+			}
+			if n := s.faults.held.Load(); n != 1 {
+				t.Errorf("%d calls held, want 1", n)
+			}
+			r := <-done
+			if r.err != nil || len(r.head.Items) != 1 || r.head.Items[0].ID != ids[0] {
+				t.Fatalf("%+v, %v", r.head, r.err)
+			}
+			if d := time.Since(start); d != 5*time.Second {
+				t.Errorf("the answer came after %v, want the 5s delay", d)
+			}
+			if got := r.head.Items[0].LockExpiresAt; !got.Equal(want) {
+				t.Errorf("lockExpiresAt = %v, want %v: counted from the call's arrival, not its answer", got, want)
+			}
+			start = time.Now()
+			lockHead(t, c, q, "k", 1)
+			if d := time.Since(start); d != 0 {
+				t.Errorf("the next call took %v", d)
+			}
+			if n, f := s.Calls(OpListAndLockHead), s.Faulted(OpListAndLockHead); n != 2 || f != 1 {
+				t.Errorf("Calls = %d, Faulted = %d, want 2 and 1", n, f)
+			}
+		})
+	})
+
+	t.Run("in memory: a caller that gives up loses the answer, the work is done", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			s := NewUnstartedServer()
+			q, ids := faultQueue(s, 1)
+			c := s.Client(apify.WithMaxRetries(0))
+			s.FailNext(OpUpdateRequest, 1, Fault{ResponseDelay: time.Hour})
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			start := time.Now()
+			_, err := c.RequestQueue(q).UpdateRequest(ctx, apify.Request{ID: ids[0], UniqueKey: "u0", URL: "https://changed.test/"}, apify.RequestOptions{})
+			if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) != time.Second {
+				t.Errorf("after %v: %v, want the 1s deadline", time.Since(start), err)
+			}
+			if n := s.faults.held.Load(); n != 0 {
+				t.Errorf("%d calls still held", n)
+			}
+			if st, _ := s.Request(q, ids[0]); st.URL != "https://changed.test/" {
+				t.Errorf("the request = %+v: the update was not made", st)
+			}
+		})
+	})
+
+	t.Run("in memory: after a Delay, and then lost (DropResponse)", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			s := NewUnstartedServer()
+			q, ids := faultQueue(s, 1)
+			c := s.Client(apify.WithMaxRetries(0))
+			s.FailNext(OpListAndLockHead, 1, Fault{Delay: 2 * time.Second, ResponseDelay: 3 * time.Second, DropResponse: true})
+			start := time.Now()
+			_, err := c.RequestQueue(q).ListAndLockHead(context.Background(), apify.LockHeadOptions{Limit: 1, LockDuration: time.Minute, ClientKey: "k"})
+			if !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Errorf("err = %v, want a connection closed before the response", err)
+			}
+			if d := time.Since(start); d != 5*time.Second {
+				t.Errorf("the connection dropped after %v, want 2s + 3s", d)
+			}
+			want := start.Add(2*time.Second + time.Minute)
+			if st, _ := s.Request(q, ids[0]); st.Lock == nil || !st.Lock.ExpiresAt.Equal(want) {
+				t.Errorf("the lock = %+v, want one taken after the Delay, expiring at %v", st.Lock, want)
+			}
+		})
+	})
+
+	t.Run("in memory: Close drops the held answer", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			s := NewUnstartedServer()
+			q, ids := faultQueue(s, 1)
+			c := s.Client(apify.WithMaxRetries(0))
+			s.FailNext(OpGetRequest, 1, Fault{ResponseDelay: time.Hour})
+			done := make(chan error, 1)
+			go func() {
+				_, err := c.RequestQueue(q).GetRequest(context.Background(), ids[0])
+				done <- err
+			}()
+			synctest.Wait()
+			s.Close()
+			if err := <-done; !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Errorf("err = %v, want a dropped connection (io.ErrUnexpectedEOF)", err)
+			}
+		})
+	})
+
+	t.Run("over loopback: served at once, the answer held back", func(t *testing.T) {
+		s := Start(t)
+		q, ids := faultQueue(s, 1)
+		c := s.Client(apify.WithMaxRetries(0))
+		defer c.CloseIdleConnections()
+		const delay = 200 * time.Millisecond
+		s.FailNext(OpListAndLockHead, 1, Fault{ResponseDelay: delay})
+		start := time.Now()
+		locked := make(chan time.Duration, 1)
+		go func() { // when does the lock show up on the server?
+			for {
+				if len(s.Locked(q)) > 0 {
+					locked <- time.Since(start)
+					return
+				}
+				if time.Since(start) > 10*time.Second {
+					locked <- -1
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}()
+		head := lockHead(t, c, q, "k", 1)
+		end := time.Now()
+		if d := end.Sub(start); d < delay {
+			t.Errorf("the answer came after %v, before its %v delay", d, delay)
+		}
+		if d := <-locked; d < 0 || d >= delay {
+			t.Errorf("the lock showed up after %v, want before the answer (%v)", d, delay)
+		}
+		exp := head.Items[0].LockExpiresAt
+		if latest := end.Add(time.Minute - delay); exp.Before(start.Add(time.Minute).Truncate(time.Millisecond)) || exp.After(latest) {
+			t.Errorf("lockExpiresAt = %v, want a minute from the call's arrival (%v to %v)", exp, start.Add(time.Minute), latest)
+		}
+		if st, _ := s.Request(q, ids[0]); st.Lock == nil {
+			t.Errorf("not locked")
+		}
+	})
+
+	t.Run("over loopback: a caller that gives up ends the wait, no goroutine left", func(t *testing.T) {
+		before := goleak.IgnoreCurrent()
+		s := NewServer()
+		defer s.Close()
+		q, ids := faultQueue(s, 1)
+		c := s.Client(apify.WithMaxRetries(0))
+		defer c.CloseIdleConnections()
+		s.FailNext(OpUpdateRequest, 1, Fault{ResponseDelay: time.Hour}) // a call with a body
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		_, err := c.RequestQueue(q).UpdateRequest(ctx, apify.Request{ID: ids[0], UniqueKey: "u0", URL: "https://changed.test/"}, apify.RequestOptions{})
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("err = %v, want the deadline", err)
+		}
+		waitUnheld(t, s) // the handler noticed the closed connection and returned
+		if st, _ := s.Request(q, ids[0]); st.URL != "https://changed.test/" {
+			t.Errorf("the request = %+v: the update was not made", st)
+		}
+		c.CloseIdleConnections()
+		s.Close()
+		goleak.VerifyNone(t, before)
+	})
+}
+
 func TestFaultTargets(t *testing.T) {
 	t.Run("RequestID: only calls on that request match; others pass without using the fault", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
@@ -414,8 +585,8 @@ func TestFaultTargets(t *testing.T) {
 					t.Errorf("call %d after remove: %v", i+1, err)
 				}
 			}
-			if n := s.Calls(OpGetRequest); n != 15 {
-				t.Errorf("Calls = %d, want 15", n)
+			if n, f := s.Calls(OpGetRequest), s.Faulted(OpGetRequest); n != 15 || f != 3 {
+				t.Errorf("Calls = %d, Faulted = %d, want 15 and 3", n, f)
 			}
 		})
 	})
@@ -517,6 +688,10 @@ func TestFaultsAreChecked(t *testing.T) {
 		{"hang and a lost answer", OpGetHead, Fault{Hang: true, DropResponse: true}, "Fault.Hang never answers"},
 		{"lost answer and a status", OpGetHead, Fault{DropResponse: true, Status: 503}, "Fault.DropResponse serves the call"},
 		{"lost answer and a dropped connection", OpGetHead, Fault{DropResponse: true, DropConnection: true}, "Fault.DropResponse serves the call"},
+		{"negative answer delay", OpGetHead, Fault{ResponseDelay: -time.Second}, "Fault.ResponseDelay is -1s"},
+		{"answer delay and a status", OpGetHead, Fault{ResponseDelay: time.Second, Status: 503}, "Fault.ResponseDelay holds back the answer"},
+		{"answer delay and a dropped connection", OpGetHead, Fault{ResponseDelay: time.Second, DropConnection: true}, "Fault.ResponseDelay holds back the answer"},
+		{"hang and an answer delay", OpGetHead, Fault{Hang: true, ResponseDelay: time.Second}, "Fault.Hang never answers"},
 		{"a RequestID on head", OpGetHead, Fault{Status: 500, RequestID: "x"}, "does not name a request"},
 		{"unknown op", "requestQueue_teleport", Fault{Status: 500}, `unknown operation "requestQueue_teleport"`},
 	}
@@ -542,6 +717,7 @@ func TestFaultsAreChecked(t *testing.T) {
 	for _, f := range []Fault{
 		{Delay: time.Second}, {Hang: true, RequestID: "x", Every: 3}, {DropResponse: true, Delay: time.Second},
 		{Status: 503, Delay: time.Second}, {DropConnection: true, Delay: time.Second},
+		{ResponseDelay: time.Second}, {ResponseDelay: time.Second, Delay: time.Second}, {ResponseDelay: time.Second, DropResponse: true},
 	} {
 		s.InjectFault(OpGetRequest, f)()
 		s.FailNext(OpGetRequest, 1, f)

@@ -271,33 +271,57 @@ func TestLockTakenWithoutClientKeyHasNoHolder(t *testing.T) {
 	expectStatus(t, e.c.do(OpUpdateRequest, "PUT", reqPath(e.q, e.ids[0], "", ""), handledBody("u0")), 200)
 }
 
+// hadMultipleClients counts the clientKeys of the calls that take one; a
+// call that changes the queue without a clientKey is a new client (as
+// Apify documents), seeding before the first keyed call included, but a
+// read without one (GET head, the list) is no client at all.
 func TestHadMultipleClients(t *testing.T) {
 	cases := []struct {
-		keys []string // clientKey of each head call, "" for none
-		want bool
+		calls []string // "op:clientKey": lock (head/lock), add, head (GET head), list (GET requests)
+		want  bool
 	}{
-		{[]string{"a"}, false},
-		{[]string{"a", "a", "a"}, false},
-		{[]string{"a", "b"}, true},
-		{[]string{"a", ""}, true},
-		{[]string{""}, false},
-		{[]string{"", ""}, true},
+		{[]string{"lock:a"}, false},
+		{[]string{"lock:a", "lock:a", "add:a", "head:a", "list:a"}, false},
+		{[]string{"lock:a", "lock:b"}, true},
+		{[]string{"lock:a", "add:"}, true},
+		{[]string{"lock:"}, false},
+		{[]string{"lock:", "lock:"}, true},
+		{[]string{"add:", "lock:a"}, true},                     // keyless seeding is another client
+		{[]string{"lock:a", "head:", "list:", "head:"}, false}, // keyless reads are no client
+		{[]string{"head:", "list:", "lock:a"}, false},
+		{[]string{"lock:a", "head:b"}, true}, // a read with another key is another client
+		{[]string{"list:b", "lock:a"}, true},
 	}
 	for _, tc := range cases {
-		t.Run(strings.Join(tc.keys, ","), func(t *testing.T) {
+		t.Run(strings.Join(tc.calls, ","), func(t *testing.T) {
 			e := newEnv(t)
-			var last resp
-			for _, k := range tc.keys {
-				last = e.c.do(OpGetHead, "GET", "/v2/request-queues/"+e.q+"/head?clientKey="+k, nil)
-			}
-			if got := last.data(t)["hadMultipleClients"]; got != tc.want {
-				t.Errorf("head says hadMultipleClients %v, want %v", got, tc.want)
+			for i, call := range tc.calls {
+				op, k, _ := strings.Cut(call, ":")
+				key := ""
+				if k != "" {
+					key = "clientKey=" + k
+				}
+				switch op {
+				case "lock":
+					expectStatus(t, e.c.do(OpListAndLockHead, "POST", headLock(e.q, 60, 1, k), nil), 201)
+				case "add":
+					expectStatus(t, e.c.do(OpAddRequest, "POST", "/v2/request-queues/"+e.q+"/requests?"+key,
+						map[string]any{"url": "https://x.test/n" + itoa(i), "uniqueKey": "n" + itoa(i)}), 201)
+				case "head":
+					expectStatus(t, e.c.do(OpGetHead, "GET", "/v2/request-queues/"+e.q+"/head?"+key, nil), 200)
+				case "list":
+					expectStatus(t, e.c.do(OpListRequests, "GET", "/v2/request-queues/"+e.q+"/requests?"+key, nil), 200)
+				}
 			}
 			// Reading the queue object does not count as a client.
 			e.c.do(OpGetQueue, "GET", "/v2/request-queues/"+e.q, nil)
 			got := e.c.do(OpGetQueue, "GET", "/v2/request-queues/"+e.q, nil).data(t)["hadMultipleClients"]
 			if got != tc.want {
 				t.Errorf("queue says hadMultipleClients %v, want %v", got, tc.want)
+			}
+			// GET head reports the same (a keyless one, which does not change it).
+			if got := e.c.do(OpGetHead, "GET", "/v2/request-queues/"+e.q+"/head", nil).data(t)["hadMultipleClients"]; got != tc.want {
+				t.Errorf("head says hadMultipleClients %v, want %v", got, tc.want)
 			}
 		})
 	}

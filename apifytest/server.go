@@ -2,6 +2,7 @@ package apifytest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -37,6 +38,8 @@ type Server struct {
 	limits  HTTPLimits
 	conns   atomic.Int64 // open connections of every HTTPServer
 	handler http.Handler
+	// platform holds the Actor runs, reboots and event connections (events.go).
+	platform platform
 
 	mu      sync.Mutex
 	srv     *http.Server
@@ -59,6 +62,7 @@ type config struct {
 	// rateLimits is set by WithRateLimits.
 	rateLimits *RateLimits
 	httpLimits HTTPLimits
+	events     bool // WithPlatformEvents
 }
 
 // Option configures a [Server].
@@ -192,7 +196,7 @@ func New(opts ...Option) (*Server, error) {
 	}
 	s := &Server{
 		store:   newStore(cfg.clock),
-		faults:  faults{calls: map[Operation]int{}, limited: map[Operation]int{}, pending: map[Operation][]pendingFault{}},
+		faults:  faults{calls: map[Operation]int{}, limited: map[Operation]int{}, faulted: map[Operation]int{}, pending: map[Operation][]pendingFault{}},
 		tokens:  cfg.tokens,
 		plain:   cfg.plain,
 		limiter: rateLimiter{limits: DefaultRateLimits, tat: map[rateKey]time.Time{}},
@@ -211,6 +215,15 @@ func New(opts ...Option) (*Server, error) {
 			}
 		}
 	}
+	var runIDs []string
+	s.store.runs[DefaultRunID] = "" // the run the emulator always knows (see DefaultRunID)
+	for _, ti := range cfg.tokens {
+		if ti.runID != "" {
+			runIDs = append(runIDs, ti.runID)
+			s.store.runs[ti.runID] = "" // known; its default queue is made on first use
+		}
+	}
+	s.platform.init(cfg.events, runIDs, s.store.now())
 	s.handler = s.routes()
 	for _, name := range cfg.queues {
 		s.CreateQueue(name)
@@ -320,11 +333,15 @@ func (s *Server) Start() {
 }
 
 // Close stops the server: it stops listening, drops the calls an injected
-// Delay or Hang holds, waits (up to 5 seconds) for other calls in flight,
-// and closes every connection. It may be called more than once, and on a
-// server never started (whose held calls it drops too).
+// Delay, Hang or ResponseDelay holds, waits (up to 5 seconds) for other
+// calls in flight, and closes every connection, platform events connections
+// included (with code 1001 going away, waiting for their handlers to end).
+// It may be called more than once, and on a server never started (whose
+// held calls it drops too); a server served by [Server.HTTPServer] should be
+// closed too, after its http.Server, to end its events connections.
 func (s *Server) Close() {
-	s.faults.release() // calls held by a Delay or a Hang end now
+	s.faults.release() // calls held by a Delay, a Hang or a ResponseDelay end now
+	defer s.platform.shutdown(true)
 	s.mu.Lock()
 	srv, done := s.srv, s.done
 	s.srv = nil
@@ -419,19 +436,41 @@ func (t memoryTransport) RoundTrip(r *http.Request) (resp *http.Response, err er
 	return resp, nil
 }
 
-// Request is a request to seed a queue with, for [Server.AddRequests].
+// Request is a request to seed a queue with, for [Server.AddRequests]: the
+// fields of the API's request, checked as the API checks an added one.
 type Request struct {
 	URL string
 	// UniqueKey defaults to URL.
 	UniqueKey string
 	// Method defaults to GET.
 	Method string
+	// UserData is the request's userData: a JSON object, such as
+	// json.RawMessage(`{"depth":0}`), or nil for none.
+	UserData json.RawMessage
+	// Headers is a JSON object of HTTP headers; Payload a JSON string or
+	// object; nil for none.
+	Headers, Payload json.RawMessage
+	LoadedURL        string
+	NoRetry          bool
+	// RetryCount and ErrorMessages seed a request that has failed before.
+	RetryCount    int
+	ErrorMessages []string
+	// HandledAt, when not zero, adds the request already handled.
+	HandledAt time.Time
 }
 
 // RequestState is a snapshot of a request in a queue.
 type RequestState struct {
 	ID, UniqueKey, URL, Method string
 	RetryCount                 int
+	// ErrorMessages are the errors recorded by failed attempts, as the
+	// clients wrote them.
+	ErrorMessages []string
+	// UserData, Headers and Payload are the request's JSON, as stored
+	// (compacted); nil when it has none.
+	UserData, Headers, Payload json.RawMessage
+	LoadedURL                  string
+	NoRetry                    bool
 	// HandledAt is when the request was handled; zero while it is not.
 	HandledAt time.Time
 	// Lock is the request's live lock; nil when it is not locked.
@@ -458,7 +497,12 @@ func (v requestView) state() RequestState {
 	st := RequestState{
 		ID: v.ID, UniqueKey: v.uniqueKey, URL: v.url, Method: v.method,
 		RetryCount: v.retryCount, HandledAt: v.handledAt,
+		UserData: slices.Clone(v.extra["userData"]), Headers: slices.Clone(v.extra["headers"]), Payload: slices.Clone(v.extra["payload"]),
 	}
+	// The stored JSON was checked when it was added: these decode.
+	_ = json.Unmarshal(v.extra["errorMessages"], &st.ErrorMessages)
+	_ = json.Unmarshal(v.extra["loadedUrl"], &st.LoadedURL)
+	_ = json.Unmarshal(v.extra["noRetry"], &st.NoRetry)
 	if v.Lock != nil {
 		l := LockState(*v.Lock)
 		st.Lock = &l
@@ -486,12 +530,9 @@ func (s *Server) AddRequests(queueID string, reqs ...Request) []string {
 		if r.URL == "" {
 			panic(fmt.Sprintf("apifytest: AddRequests: request %d has no URL", i))
 		}
-		d := requestData{uniqueKey: r.UniqueKey, url: r.URL, method: strings.ToUpper(r.Method)}
-		if d.uniqueKey == "" {
-			d.uniqueKey = r.URL
-		}
-		if d.method == "" {
-			d.method = http.MethodGet
+		d, err := r.data()
+		if err != nil {
+			panic(fmt.Sprintf("apifytest: AddRequests: request %d: %v", i, err))
 		}
 		items[i] = d
 	}
@@ -601,4 +642,57 @@ func sortLocks(ls []*lock) {
 		}
 		return cmpUint(a.seq, b.seq)
 	})
+}
+
+// data returns what the queue stores for r. Its JSON fields, retry count
+// and error messages are checked as the API checks an added request (they
+// go through the same parser); its URL, uniqueKey and method are taken as
+// they are, so that a test may seed requests the API would refuse (a
+// uniqueKey over MaxKeyBytes, say).
+func (r Request) data() (requestData, error) {
+	m := map[string]any{"url": "u", "uniqueKey": "u"}
+	for name, raw := range map[string]json.RawMessage{"userData": r.UserData, "headers": r.Headers, "payload": r.Payload} {
+		if raw == nil {
+			continue
+		}
+		if !json.Valid(raw) {
+			return requestData{}, fmt.Errorf("its %s is not valid JSON", name)
+		}
+		m[name] = raw
+	}
+	if r.LoadedURL != "" {
+		m["loadedUrl"] = r.LoadedURL
+	}
+	if r.NoRetry {
+		m["noRetry"] = true
+	}
+	if r.RetryCount != 0 {
+		m["retryCount"] = r.RetryCount
+	}
+	if r.ErrorMessages != nil {
+		m["errorMessages"] = r.ErrorMessages
+	}
+	if !r.HandledAt.IsZero() {
+		m["handledAt"] = formatTime(r.HandledAt)
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return requestData{}, err
+	}
+	d, _, err := parseRequest(raw, "The request")
+	if err != nil {
+		var e *apiError
+		if errors.As(err, &e) {
+			return requestData{}, errors.New(e.Message)
+		}
+		return requestData{}, err
+	}
+	d.url, d.uniqueKey, d.method = r.URL, r.UniqueKey, strings.ToUpper(r.Method)
+	if d.uniqueKey == "" {
+		d.uniqueKey = r.URL
+	}
+	if d.method == "" {
+		d.method = http.MethodGet
+	}
+	return d, nil
 }

@@ -209,10 +209,11 @@ type store struct {
 	queues  map[string]*queue // by ID
 	lockSeq uint64
 	qSeq    uint64 // queues created so far
+	runs    runs   // the Actor runs known, and their default queues
 }
 
 func newStore(clock Clock) *store {
-	return &store{clock: clock, users: map[string]*user{}, queues: map[string]*queue{}}
+	return &store{clock: clock, users: map[string]*user{}, queues: map[string]*queue{}, runs: runs{}}
 }
 
 // now is the current time as the API shows it: UTC, whole milliseconds.
@@ -258,7 +259,11 @@ func (s *store) createQueue(c caller, name string) (queueInfo, bool, error) {
 			return q.info(), false, nil
 		}
 	}
-	now := c.now
+	return s.newQueue(u, name, c.now).info(), true, nil
+}
+
+// newQueue makes a queue of u; s.mu must be held.
+func (s *store) newQueue(u *user, name string, now time.Time) *queue {
 	q := &queue{
 		id: randomID(), name: name, owner: u, generalAccess: "FOLLOW_USER_SETTING",
 		createdAt: now, modifiedAt: now, accessedAt: now,
@@ -275,7 +280,7 @@ func (s *store) createQueue(c caller, name string) (queueInfo, bool, error) {
 	if name != "" {
 		u.queues[name] = q
 	}
-	return q.info(), true, nil
+	return q
 }
 
 // resolve finds the queue a path names, for reading: an ID, "username~name",
@@ -366,6 +371,17 @@ func (q *queue) touch(clientKey string, now time.Time) {
 	case clientKey == "" || clientKey != q.firstClient:
 		q.multiple = true
 	}
+}
+
+// touchRead is touch for a call that only reads (GET .../requests, GET
+// head): without a clientKey it is no client at all, since it cannot make
+// any client's picture of the queue stale (see the package documentation).
+func (q *queue) touchRead(clientKey string, now time.Time) {
+	if clientKey == "" {
+		q.accessedAt = now
+		return
+	}
+	q.touch(clientKey, now)
 }
 
 // queueInfo is a snapshot of a queue's metadata.
@@ -798,7 +814,7 @@ func (s *store) listRequests(c caller, ref string, limit, start int, exclusiveSt
 	if err != nil {
 		return nil, 0, err
 	}
-	q.touch(c.clientKey, c.now)
+	q.touchRead(c.clientKey, c.now)
 	if exclusiveStartID != "" {
 		r := q.reqs[exclusiveStartID]
 		if r == nil {
@@ -850,7 +866,7 @@ func (s *store) head(c caller, ref string, limit int) (headResult, error) {
 	if err != nil {
 		return headResult{}, err
 	}
-	q.touch(c.clientKey, c.now)
+	q.touchRead(c.clientKey, c.now)
 	res := headResult{QueueModifiedAt: q.modifiedAt, HadMultipleClients: q.multiple, QueueHasLocked: len(q.locks) > 0, Items: []requestView{}}
 	var b budget
 	for e := q.pending.Front(); e != nil && len(res.Items) < limit; e = e.Next() {

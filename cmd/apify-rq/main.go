@@ -4,10 +4,13 @@
 //
 // Usage:
 //
-//	apify-rq serve  [--addr 127.0.0.1:8080] [--token T]... [--run-token T=RUN_ID]... [--queue NAME]... [--rate-limits on] [--log] [--read-timeout 30s] [--idle-timeout 60s] [--max-conns 512]
+//	apify-rq serve  [--addr 127.0.0.1:8080] [--token T]... [--run-token T=RUN_ID]... [--queue NAME]... [--rate-limits on] [--events] [--log] [--read-timeout 30s] [--idle-timeout 60s] [--max-conns 512]
 //	apify-rq show   --queue ID [--json] [--token T] [--base-url URL] [--timeout 1m]
 //	apify-rq list   --queue ID [--filter locked,pending] [--limit 100] [--json] [--token T] [--base-url URL] [--timeout 1m]
 //	apify-rq unlock --queue ID [--client-key K] [--quiet|-q] [--token T] [--base-url URL] [--timeout 1m]
+//	apify-rq add    --queue ID [--client-key K] [--forefront] [--quiet|-q] [--token T] [--base-url URL] [--timeout 1m] [URL]...
+//	apify-rq version
+//	apify-rq event  NAME [--time-remaining 10s] [--migrating] [--data JSON] [--token T] [--base-url URL] [--timeout 10s]
 //	apify-rq help [COMMAND]
 //
 // serve runs the emulator of package apifytest, so crawlers in any language
@@ -16,12 +19,30 @@
 // base URL (with --addr 127.0.0.1:0, the port it was given) and the ID of each
 // --queue it created, and stops cleanly on SIGINT or SIGTERM.
 //
-// show prints a queue's counts: total, handled, pending, and how many
-// requests are locked right now. list prints a queue's locked or pending
-// requests, one per line (ID, method, URL), or as JSON lines with --json.
-// unlock calls POST /v2/request-queues/{queueId}/requests/unlock and prints
-// how many requests it unlocked ("unlocked 3 requests"; with --quiet, the
-// bare number). The token and base URL come from APIFY_TOKEN and
+// show prints a queue's counts in words: total; handled, and how many of
+// those failed; pending (not handled yet), and how many of those are locked
+// right now and how many wait. list prints a queue's requests, one per line
+// (ID, method, URL, state: pending, handled, failed, or locked, with the
+// lock's holder and expiry where the server says, as the emulator does), or
+// as JSON lines with --json. unlock calls POST
+// /v2/request-queues/{queueId}/requests/unlock and prints how many requests
+// it unlocked and how many stay locked by other clients ("unlocked 3
+// requests; 2 stay locked by other clients"; with --quiet, the bare
+// number). add adds requests: the URLs given, or, with none, one URL or
+// one JSON request (the API's fields) a line from stdin, all checked before
+// any is sent; --client-key should be the key of the crawler that will
+// consume the queue. version prints the version.
+//
+// With --events, serve also serves the Apify platform's events of an Actor
+// run over WebSocket, and prints the URL to set ACTOR_EVENTS_WEBSOCKET_URL
+// to; event sends one to every connected Actor: "apify-rq event migrating
+// --time-remaining 10s", "apify-rq event aborting", "apify-rq event
+// persistState --migrating", or any NAME with --data JSON. It goes to the
+// emulator at --base-url (default $APIFY_API_BASE_URL, else
+// http://127.0.0.1:8080), through its POST /_emulator/events, with the
+// token when the emulator has any.
+//
+// The token and base URL come from APIFY_TOKEN and
 // APIFY_API_BASE_URL unless --token and --base-url are given; prefer the
 // variable for the token, since a flag shows in the process list.
 //
@@ -60,14 +81,21 @@ const usage = `Usage:
   apify-rq show   ` + showSynopsis + `
   apify-rq list   ` + listSynopsis + `
   apify-rq unlock ` + unlockSynopsis + `
+  apify-rq add    ` + addSynopsis + `
+  apify-rq version
+  apify-rq event  ` + eventSynopsis + `
   apify-rq help [COMMAND]
 
 Commands:
   serve   run the request-queue emulator; stop it with Ctrl-C (SIGINT) or SIGTERM
-  show    print a queue's counts: total, handled, pending, locked
-  list    print a queue's locked or pending requests, one per line
+  show    print a queue's counts: total, handled (and failed), pending (locked and waiting)
+  list    print a queue's requests, one per line, with who holds each lock where the server says
   unlock  release every lock the client key (or the token's Actor run) holds on a queue,
-          and print how many requests were unlocked
+          print how many requests were unlocked and how many stay locked by others
+  add     add the URLs given, or one URL or JSON request a line from stdin
+  version print the version
+  event   send a platform event (migrating, aborting, persistState, ...) to the Actors
+          connected to a running "apify-rq serve --events"
 
 The token comes from APIFY_TOKEN and the API's address from APIFY_API_BASE_URL
 (default https://api.apify.com), unless --token or --base-url is given.
@@ -82,7 +110,7 @@ func main() {
 // run is the whole command, with its environment passed in so tests can run it.
 func run(args []string, stdout, stderr io.Writer, env func(string) string) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, "apify-rq: a command is required (serve, show, list or unlock)\n\n"+usage)
+		fmt.Fprint(stderr, "apify-rq: a command is required (serve, show, list, unlock, add, version or event)\n\n"+usage)
 		return exitUsage
 	}
 	if args[0] == "help" && len(args) > 1 && args[1] != "help" {
@@ -99,11 +127,17 @@ func run(args []string, stdout, stderr io.Writer, env func(string) string) int {
 		return list(context.Background(), args[1:], stdout, stderr, env)
 	case "unlock":
 		return unlock(context.Background(), args[1:], stdout, stderr, env)
+	case "add":
+		return add(context.Background(), args[1:], stdout, stderr, env)
+	case "version", "--version", "-version":
+		return version(args[1:], stdout, stderr)
+	case "event":
+		return event(context.Background(), args[1:], stdout, stderr, env)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	default:
-		fmt.Fprintf(stderr, "apify-rq: unknown command %q (want serve, show, list or unlock)\n\n%s", args[0], usage)
+		fmt.Fprintf(stderr, "apify-rq: unknown command %q (want serve, show, list, unlock, add, version or event)\n\n%s", args[0], usage)
 		return exitUsage
 	}
 }
@@ -134,6 +168,18 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 // (-h, --help) goes to stdout; a bad flag's message and the usage go to
 // stderr.
 func parse(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int, ok bool) {
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q (every option is a --flag)\n", fs.Name(), fs.Arg(0))
+		return exitUsage, false
+	}
+	return 0, true
+}
+
+// parseFlags is parse for a command that takes arguments after its flags.
+func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int, ok bool) {
 	var msg bytes.Buffer
 	fs.SetOutput(&msg)
 	err := fs.Parse(args)
@@ -145,10 +191,6 @@ func parse(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int,
 	}
 	_, _ = msg.WriteTo(stderr)
 	if err != nil {
-		return exitUsage, false
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "%s: unexpected argument %q (every option is a --flag)\n", fs.Name(), fs.Arg(0))
 		return exitUsage, false
 	}
 	return 0, true

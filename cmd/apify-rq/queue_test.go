@@ -53,7 +53,7 @@ func TestShow(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	for _, want := range []string{"queue:            " + q + "\n", "name:             ops\n", "total:            5\n",
-		"handled:          1\n", "pending:          4\n", "locked:           2\n", "multiple clients: "} {
+		"handled:          1, of which 0 failed", "pending:          4 not handled yet: 2 locked", "multiple clients: "} {
 		if !strings.Contains(out, want) {
 			t.Errorf("show does not print %q:\n%s", want, out)
 		}
@@ -111,8 +111,8 @@ func TestList(t *testing.T) {
 		}
 	}
 	_, out, _ := cli(t, s, "cli-s3cret", "list", "--queue", q, "--filter", "locked")
-	if want := ids[2] + "\tPOST\thttps://o.test/2\n"; !strings.HasSuffix(out, want) {
-		t.Errorf("line format: %q, want it to end with %q", out, want)
+	if want := regexp.MustCompile(`\n` + ids[2] + "\tPOST\thttps://o.test/2\tlocked by clientKey \"k\" until \\d{4}-\\d\\d-\\d\\dT[0-9:.]+Z\n$"); !want.MatchString(out) {
+		t.Errorf("line format: %q, want it to match %q", out, want)
 	}
 
 	code, out, errOut := cli(t, s, "cli-s3cret", "list", "--queue", q, "--limit", "2")
@@ -162,7 +162,7 @@ func TestHelpAgreesWithTheFlags(t *testing.T) {
 	}
 	flagToken := regexp.MustCompile(`(?:^|[\s\[|])(--?[a-z][a-z-]*)`)
 	defined := regexp.MustCompile(`(?m)^  (-[a-z][a-z-]*)`)
-	for _, cmd := range []string{"serve", "show", "list", "unlock"} {
+	for _, cmd := range []string{"serve", "show", "list", "unlock", "add"} {
 		var out1, err1, out2, err2 bytes.Buffer
 		code1 := run([]string{cmd, "--help"}, &out1, &err1, none)
 		code2 := run([]string{"help", cmd}, &out2, &err2, none)

@@ -8,6 +8,8 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,7 +18,7 @@ import (
 	"github.com/rqkit/apify/apifytest"
 )
 
-const serveSynopsis = "[--addr 127.0.0.1:8080] [--token T]... [--run-token T=RUN_ID]... [--queue NAME]... [--rate-limits on] [--log] [--read-timeout 30s] [--idle-timeout 60s] [--max-conns 512]"
+const serveSynopsis = "[--addr 127.0.0.1:8080] [--token T]... [--run-token T=RUN_ID]... [--queue NAME]... [--rate-limits on] [--events] [--log] [--read-timeout 30s] [--idle-timeout 60s] [--max-conns 512]"
 
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("serve", serveSynopsis, stderr)
@@ -28,6 +30,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Var(&queues, "queue", "create a queue with this `name` and print its ID (repeatable)")
 	rateLimits := fs.String("rate-limits", "off", "model Apify's per-queue rate limits: `off`, on (400 request CRUD, 40 batch and head/lock, 60 other calls per second), "+
 		"or some of crud=N,batch=N,other=N (the rest as on); a call over its limit gets 429 rate-limit-exceeded")
+	events := fs.Bool("events", false, "serve the Apify platform's events of an Actor run over WebSocket, and print its URL (for ACTOR_EVENTS_WEBSOCKET_URL); "+
+		"send one with apify-rq event")
 	logCalls := fs.Bool("log", false, "print one line per call: time, method, path (never the query, which may hold a token), status, duration")
 	readTimeout := fs.Duration("read-timeout", 30*time.Second, "cut off a client that takes longer than this to send one call, body included")
 	idleTimeout := fs.Duration("idle-timeout", 60*time.Second, "close a keep-alive connection idle for this long")
@@ -62,6 +66,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	for _, q := range queues {
 		opts = append(opts, apifytest.WithQueue(q))
 	}
+	if *events {
+		opts = append(opts, apifytest.WithPlatformEvents())
+	}
 	if _, _, err := net.SplitHostPort(*addr); err != nil {
 		fmt.Fprintf(stderr, "apify-rq serve: --addr must be host:port, such as 127.0.0.1:8080 (port 0 picks a free one); got %q\n", *addr)
 		return exitUsage
@@ -90,6 +97,18 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "apify-rq: rate limits per queue: %d calls/s of request CRUD, %d of head/lock and batches, %d of the rest\n",
 			l.RequestCRUD, l.Batch, l.Other)
 	}
+	if *events {
+		runs := []string{apifytest.DefaultRunID}
+		for _, rt := range runTokens.repeated {
+			if run := rt[strings.LastIndex(rt, "=")+1:]; !slices.Contains(runs, run) {
+				runs = append(runs, run)
+			}
+		}
+		for _, run := range runs {
+			fmt.Fprintf(stdout, "apify-rq: platform events of run %s at ws://%s%s%s\n", run, ln.Addr(), apifytest.EventsPathPrefix, url.PathEscape(run))
+		}
+		fmt.Fprintf(stdout, "apify-rq: set ACTOR_EVENTS_WEBSOCKET_URL to one; send events with apify-rq event NAME --base-url %s\n", base)
+	}
 	fmt.Fprintf(stdout, "apify-rq: point clients at it with APIFY_API_BASE_URL=%s; stop with Ctrl-C\n", base)
 
 	srv := emu.HTTPServer()
@@ -112,6 +131,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		_ = srv.Close()
 		fmt.Fprintln(stderr, "apify-rq serve: calls still in flight after 5s were cut off")
 	}
+	emu.Close() // ends the events connections, which Shutdown leaves alone
 	return exitOK
 }
 

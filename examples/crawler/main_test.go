@@ -6,11 +6,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,15 +34,50 @@ func seedQueue(t *testing.T, srv *apifytest.Server, n int) string {
 	return queueID
 }
 
-// build compiles a command of this module into dir.
-func build(t *testing.T, dir, name, pkg string) string {
+// binaries builds the crawler and apify-rq once for the package's tests, in
+// a directory TestMain removes.
+var binaries struct {
+	once            sync.Once
+	dir             string
+	crawler, server string
+	err             error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binaries.dir != "" {
+		_ = os.RemoveAll(binaries.dir)
+	}
+	os.Exit(code)
+}
+
+// built returns the paths of the built crawler and apify-rq.
+func built(t *testing.T) (crawler, server string) {
 	t.Helper()
+	binaries.once.Do(func() {
+		if binaries.dir, binaries.err = os.MkdirTemp("", "crawler-test-"); binaries.err != nil {
+			return
+		}
+		if binaries.crawler, binaries.err = build(binaries.dir, "crawler", "."); binaries.err != nil {
+			return
+		}
+		binaries.server, binaries.err = build(binaries.dir, "apify-rq", "../../cmd/apify-rq")
+	})
+	require.NoError(t, binaries.err)
+	return binaries.crawler, binaries.server
+}
+
+// build compiles a command of this module into dir.
+func build(dir, name, pkg string) (string, error) {
 	gobin, err := exec.LookPath("go")
-	require.NoError(t, err)
+	if err != nil {
+		return "", err
+	}
 	bin := filepath.Join(dir, name)
-	out, err := exec.Command(gobin, "build", "-o", bin, pkg).CombinedOutput()
-	require.NoError(t, err, string(out))
-	return bin
+	if out, err := exec.Command(gobin, "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
+	}
+	return bin, nil
 }
 
 // process is a running command whose stdout is read line by line.
@@ -104,7 +141,7 @@ func (p *process) rest() []string {
 
 var (
 	handledLine = regexp.MustCompile(`^crawler: handled `)
-	summaryLine = regexp.MustCompile(`^crawler: (queue finished|stopped by signal): handled (\d+), failed (\d+), retried (\d+), locks lost (\d+); recovered (\d+) locks at start, released (\d+) at exit; (\d+) queue calls$`)
+	summaryLine = regexp.MustCompile(`^crawler: (queue finished|stopped by signal|stopped by migrating|stopped by aborting): handled (\d+), failed (\d+), retried (\d+), locks lost (\d+); recovered (\d+) locks at start, released (\d+) at exit; (\d+) queue calls$`)
 )
 
 // The built crawler, against the built emulator (apify-rq serve): SIGTERM
@@ -112,12 +149,11 @@ var (
 // a SIGKILL'd run leaves locks that the next run with the same clientKey
 // takes back at once.
 func TestCrawlerProcessSignals(t *testing.T) {
+	t.Parallel() // each its own emulator; both mostly wait
 	if testing.Short() {
 		t.Skip("builds and runs the crawler and apify-rq binaries")
 	}
-	dir := t.TempDir()
-	crawlerBin := build(t, dir, "crawler", ".")
-	serverBin := build(t, dir, "apify-rq", "../../cmd/apify-rq")
+	crawlerBin, serverBin := built(t)
 
 	const token = "crawler-token"
 	server := start(t, serverBin, nil, "serve", "--addr", "127.0.0.1:0", "--queue", "crawl", "--token", token)
@@ -205,6 +241,83 @@ func TestCrawlerProcessSignals(t *testing.T) {
 		require.NoError(t, err)
 		assert.Zero(t, res.UnlockedCount)
 	})
+}
+
+// The built crawler as an Actor run, against the built emulator serving the
+// run's platform events: a migrating event with 5 s left, sent mid-run with
+// apify-rq event. The crawler exits 3 on its own, and by the time the
+// platform would SIGKILL it, exactly 5 s after the event, every lock of its
+// key and run is released.
+func TestCrawlerMigrating(t *testing.T) {
+	t.Parallel() // each its own emulator; both mostly wait
+	if testing.Short() {
+		t.Skip("builds and runs the crawler and apify-rq binaries")
+	}
+	crawlerBin, serverBin := built(t)
+
+	const runToken, runID, remaining = "run-s3cret", "RUN-MIGRATES", 5 * time.Second
+	server := start(t, serverBin, nil, "serve", "--addr", "127.0.0.1:0", "--queue", "crawl", "--run-token", runToken+"="+runID, "--events")
+	baseURL := server.waitFor(regexp.MustCompile(`at (http://\S+)$`), 1)[1]
+	queueID := server.waitFor(regexp.MustCompile(`^apify-rq: queue "crawl" has ID (\S+)$`), 1)[1]
+	eventsURL := server.waitFor(regexp.MustCompile(`^apify-rq: platform events of run `+runID+` at (ws://\S+)$`), 1)[1]
+
+	c, err := apify.NewClient(apify.WithBaseURL(baseURL), apify.WithToken(runToken))
+	require.NoError(t, err)
+	q := c.RequestQueue(queueID)
+	ctx := context.Background()
+	reqs := make([]apify.Request, 300)
+	for i := range reqs {
+		reqs[i] = apify.Request{URL: fmt.Sprintf("https://shop.test/p/%d", i), UniqueKey: strconv.Itoa(i)}
+	}
+	_, err = q.BatchAddRequests(ctx, reqs, apify.RequestOptions{ClientKey: runID})
+	require.NoError(t, err)
+	locked := func() int {
+		n := 0
+		for _, err := range q.ListRequests(ctx, apify.ListRequestsOptions{Filter: apify.FilterLocked}) {
+			require.NoError(t, err)
+			n++
+		}
+		return n
+	}
+
+	env := []string{"APIFY_API_BASE_URL=" + baseURL, "APIFY_TOKEN=" + runToken, "ACTOR_RUN_ID=" + runID, "ACTOR_EVENTS_WEBSOCKET_URL=" + eventsURL}
+	p := start(t, crawlerBin, env, "--queue", queueID, "--concurrency", "16", "--lock", "10m", "--work", "2s")
+	p.waitFor(handledLine, 16) // the first 16 are handled: more were locked for the next round
+	require.Greater(t, locked(), 16, "16 running and some prefetched")
+
+	out, err := exec.Command(serverBin, "event", "migrating", "--time-remaining", remaining.String(), "--base-url", baseURL, "--token", runToken).CombinedOutput()
+	require.NoError(t, err, string(out))
+	sent := time.Now()
+	type exit struct {
+		lines []string
+		err   error
+	}
+	exited := make(chan exit, 1)
+	go func() {
+		lines := p.rest() // to the end of its stdout, then its exit status
+		exited <- exit{lines, p.cmd.Wait()}
+	}()
+	var x exit
+	select {
+	case x = <-exited:
+	case <-time.After(time.Until(sent.Add(remaining))):
+		_ = p.cmd.Process.Signal(syscall.SIGKILL) // the platform's kill, on time
+		x = <-exited
+		t.Errorf("the crawler was still running %v after migrating", remaining)
+	}
+	exitedAfter := time.Since(sent)
+	time.Sleep(time.Until(sent.Add(remaining))) // the moment of the kill
+	assert.Zero(t, locked(), "no lock left when the platform kills the process")
+
+	var exitErr *exec.ExitError
+	require.ErrorAs(t, x.err, &exitErr)
+	assert.Equal(t, 3, exitErr.ExitCode(), "non-zero on migration; stderr: %s", p.stderr.String())
+	lines := x.lines
+	m := summaryLine.FindStringSubmatch(lines[len(lines)-1])
+	require.NotNil(t, m, "last line: %q", lines[len(lines)-1])
+	assert.Equal(t, "stopped by migrating", m[1])
+	t.Logf("the crawler exited %v after migrating (%v left)", exitedAfter.Round(time.Millisecond), remaining)
+	assert.NotContains(t, p.stderr.String()+strings.Join(lines, "\n"), runToken)
 }
 
 func TestCrawlerFinishesTheQueue(t *testing.T) {

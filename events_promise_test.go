@@ -1,0 +1,82 @@
+package apify_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/rqkit/apify"
+	"github.com/rqkit/apify/apifytest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Two ways Consume broke the promise of a migrating event (every lock of
+// its clientKey and run released, and Consume returned, before the time
+// remaining runs out), found while measuring BenchmarkMigrating; each test
+// failed before its fix.
+
+// A restarted run finds locks its key left (the earlier process was
+// killed), and migrating comes while the start-up unlock that would release
+// them is still under way (a slow API): Consume must still release every
+// lock of its key and run before the time remaining runs out. It returned
+// at once with ErrMigrating and left the 10 locks (the start-up unlock was
+// cancelled by the event, and the final unlock is never made on that path).
+func TestConsumeMigratingDuringStartUpReleasesTheLocksOfAnEarlierRun(t *testing.T) {
+	t.Parallel()
+	e := newEventCrawl(t, 100, time.Second)
+	events := e.subscribe(t)
+	head, err := e.q.ListAndLockHead(context.Background(), apify.LockHeadOptions{Limit: 10, LockDuration: time.Minute, ClientKey: apifytest.DefaultRunID})
+	require.NoError(t, err)
+	require.Len(t, head.Items, 10, "the earlier process's locks")
+	e.srv.FailNext(apifytest.OpUnlockRequests, 1, apifytest.Fault{Delay: 10 * time.Second}) // the start-up unlock is slow
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.q.Consume(context.Background(), e.handler, apify.ConsumeOptions{ClientKey: apifytest.DefaultRunID, Concurrency: 4, Events: events})
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return e.srv.Calls(apifytest.OpUnlockRequests) == 1 }, 5*time.Second, time.Millisecond)
+	sent := time.Now()
+	require.NoError(t, e.srv.SendEvent("migrating", map[string]any{"timeRemainingSecs": 2}))
+	err = <-done
+	returned := time.Since(sent)
+	require.ErrorIs(t, err, apify.ErrMigrating)
+	assert.Less(t, returned, 2*time.Second, "returned before the time remaining ran out")
+	assert.Zero(t, len(e.srv.LockedBy(e.q.ID(), apifytest.DefaultRunID)), "locks of its clientKey left")
+	assert.Zero(t, len(e.srv.LockedByRun(e.q.ID(), apifytest.DefaultRunID)), "locks of its run left")
+}
+
+// persistState (isMigrating) comes with migrating, as the SDKs emit it,
+// and OnPersistState is still saving when Consume has released every
+// lock: Consume must return before the time remaining runs out, or the
+// caller never gets to act on ErrMigrating before the kill. It waited for
+// OnPersistState up to ShutdownTimeout (5 s) and returned after 6 s of a
+// migrating with 2 s left (the locks were released in time).
+func TestConsumeMigratingDuringOnPersistStateReturnsInTime(t *testing.T) {
+	t.Parallel()
+	e := newEventCrawl(t, 100, time.Second)
+	events := e.subscribe(t)
+	saving := make(chan struct{})
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.q.Consume(context.Background(), e.handler, apify.ConsumeOptions{ClientKey: apifytest.DefaultRunID, Concurrency: 4, Events: events,
+			OnPersistState: func(context.Context, bool) {
+				close(saving)
+				<-release // a save that takes longer than the time left
+			}})
+		done <- err
+	}()
+	<-e.started
+	require.NoError(t, e.srv.SendEvent("persistState", map[string]any{"isMigrating": true}))
+	<-saving
+	sent := time.Now()
+	require.NoError(t, e.srv.SendEvent("migrating", map[string]any{"timeRemainingSecs": 2}))
+	released := e.lastLockReleased(t, 2*time.Second)
+	err := <-done
+	returned := time.Since(sent)
+	require.ErrorIs(t, err, apify.ErrMigrating)
+	assert.Less(t, released.Sub(sent), 2*time.Second, "every lock released in time")
+	assert.Less(t, returned, 2*time.Second, "returned before the time remaining ran out")
+}
