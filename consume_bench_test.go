@@ -106,8 +106,8 @@ func BenchmarkConsume(b *testing.B) {
 			b.ReportMetric(median(pick(func(p benchPair) float64 { return p.consume.drainRate(n) })), "consume-drain/s")
 			b.ReportMetric(median(pick(func(p benchPair) float64 { return p.loop.e2eRate(n) })), "loop-e2e/s")
 			b.ReportMetric(median(pick(func(p benchPair) float64 { return p.consume.e2eRate(n) })), "consume-e2e/s")
-			b.ReportMetric(median(pick(func(p benchPair) float64 { return ms(p.loop.tail()) })), "loop-tail-ms")
-			b.ReportMetric(median(pick(func(p benchPair) float64 { return ms(p.consume.tail()) })), "consume-tail-ms")
+			b.ReportMetric(median(pick(func(p benchPair) float64 { return inMS(p.loop.tail()) })), "loop-tail-ms")
+			b.ReportMetric(median(pick(func(p benchPair) float64 { return inMS(p.consume.tail()) })), "consume-tail-ms")
 			b.ReportMetric(median(pick(func(p benchPair) float64 { return float64(p.loop.calls) / float64(n) })), "loop-calls/req")
 			b.ReportMetric(median(pick(func(p benchPair) float64 { return float64(p.consume.calls) / float64(n) })), "consume-calls/req")
 			if pairs[0].loop.cpu > 0 {
@@ -134,8 +134,8 @@ func BenchmarkConsume(b *testing.B) {
 				{"cpu ratio", "%.3f", func(p benchPair) float64 { return float64(p.consume.cpu) / float64(p.loop.cpu) }},
 				{"loop drain/s", "%.0f", func(p benchPair) float64 { return p.loop.drainRate(n) }},
 				{"consume drain/s", "%.0f", func(p benchPair) float64 { return p.consume.drainRate(n) }},
-				{"loop tail ms", "%.2f", func(p benchPair) float64 { return ms(p.loop.tail()) }},
-				{"consume tail ms", "%.2f", func(p benchPair) float64 { return ms(p.consume.tail()) }},
+				{"loop tail ms", "%.2f", func(p benchPair) float64 { return inMS(p.loop.tail()) }},
+				{"consume tail ms", "%.2f", func(p benchPair) float64 { return inMS(p.consume.tail()) }},
 				{"consume calls/req", "%.4f", func(p benchPair) float64 { return float64(p.consume.calls) / float64(n) }},
 			} {
 				var line strings.Builder
@@ -179,9 +179,9 @@ func BenchmarkConsumeFinishTail(b *testing.B) {
 				for _, impl := range order {
 					r := benchDrainOnce(b, srv, impl, n, work)
 					if impl == "loop" {
-						loopTails = append(loopTails, ms(r.tail()))
+						loopTails = append(loopTails, inMS(r.tail()))
 					} else {
-						consumeTails = append(consumeTails, ms(r.tail()))
+						consumeTails = append(consumeTails, inMS(r.tail()))
 					}
 				}
 			}
@@ -426,8 +426,8 @@ func processCPU() time.Duration {
 	return time.Duration(utime+stime) * tick
 }
 
-// ms is d in milliseconds.
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+// inMS is d in milliseconds.
+func inMS(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // median is the median of xs (not empty).
 func median(xs []float64) float64 { return quantile(xs, 0.5) }
