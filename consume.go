@@ -102,8 +102,10 @@ const (
 	// The idle poll, while others hold locks or with KeepAlive.
 	consumeIdlePollMin = 100 * time.Millisecond
 	consumeIdlePollMax = 2 * time.Second
-	// How many prolongs, and how many releases at shutdown, run at once.
+	// How many prolongs (at least, and at most: see renewParallelism), and
+	// how many releases at shutdown, run at once.
 	consumeRenewParallelism       = 16
+	consumeRenewParallelismMax    = 256
 	consumeShutdownReleaseWorkers = 8
 	// consumeAbandonGraceMax bounds the grace a handler gets to return
 	// after its ctx ended (it is also at most a sixth of the lock).

@@ -62,12 +62,12 @@ type lease struct {
 // callCtx returns the context of one call made under the lease: it ends
 // when the lease does, and at the lock's deadline less the margin, so that a
 // call (or a client's wait for a retry) never outlives the lock. ok is false
-// when that moment has passed.
+// when that moment has passed or the lease has ended: no call is to be made.
 func (l *lease) callCtx(margin time.Duration) (ctx context.Context, cancel context.CancelFunc, ok bool) {
 	l.mu.Lock()
 	end := l.deadline.Add(-margin)
 	l.mu.Unlock()
-	if !time.Now().Before(end) {
+	if !time.Now().Before(end) || l.ctx.Err() != nil {
 		return nil, nil, false
 	}
 	ctx, cancel = context.WithDeadline(l.ctx, end)
@@ -96,7 +96,7 @@ func newKeeper(c *consumer) *keeper {
 		c:       c,
 		held:    map[string]*lease{},
 		wake:    make(chan struct{}, 1),
-		renewal: make(chan struct{}, consumeRenewParallelism),
+		renewal: make(chan struct{}, renewParallelism(c.o.Concurrency)),
 	}
 }
 
@@ -406,6 +406,14 @@ func (h *leaseHeap) Pop() any {
 	l.slot = -1
 	*h = old[:len(old)-1]
 	return l
+}
+
+// renewParallelism is how many renewals may be in flight: a quarter of the
+// handler slots, at least consumeRenewParallelism and at most
+// consumeRenewParallelismMax, so that with many handlers and slow prolongs
+// the renewals keep up (each slot needs one per two thirds of the lock).
+func renewParallelism(concurrency int) int {
+	return min(max(concurrency/4, consumeRenewParallelism), consumeRenewParallelismMax)
 }
 
 // later returns the later of a and b.

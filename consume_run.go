@@ -290,12 +290,17 @@ func (c *consumer) recoverLocks(ctx context.Context) error {
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
+		case c.taking.Err() != nil:
+			return c.taking.Err() // a platform event stopped it
 		case queueUnusable(err), !c.o.KeepAlive:
 			return err
 		}
 		c.transient("unlock at start", err)
-		if !sleepCtx(ctx, c.backoff(attempt, err)) {
-			return ctx.Err()
+		if !sleepCtx(c.taking, c.backoff(attempt, err)) {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return c.taking.Err()
 		}
 	}
 }

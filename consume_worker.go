@@ -116,16 +116,28 @@ func (c *consumer) runHandler(l *lease, req *Request) (herr, cause error, abando
 	}
 	cause = context.Cause(hctx)
 	grace := c.grace
+	drained := c.drain.Done()
 	if errors.Is(cause, ErrShuttingDown) {
-		grace = time.Duration(c.shutdownGrace.Load())
+		grace, drained = time.Duration(c.shutdownGrace.Load()), nil
 	}
+	end := time.Now().Add(grace)
 	t := time.NewTimer(grace)
 	defer t.Stop()
-	select {
-	case herr = <-done:
-		return herr, cause, false
-	case <-t.C:
-		return nil, cause, true
+	for {
+		select {
+		case herr = <-done:
+			return herr, cause, false
+		case <-t.C:
+			return nil, cause, true
+		case <-drained:
+			// The drain ended during the grace (of a HandlerTimeout, or a
+			// lost lock): the shutdown's grace, if shorter, applies from now.
+			drained = nil
+			end = minTime(end, time.Now().Add(time.Duration(c.shutdownGrace.Load())))
+			t.Reset(time.Until(end))
+		case <-c.ops.Done():
+			return nil, cause, true // the end of the shutdown: no more waiting
+		}
 	}
 }
 
