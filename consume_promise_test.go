@@ -496,15 +496,22 @@ func TestConsumeStartUpFailure(t *testing.T) {
 			srv.FailNext(apifytest.OpUnlockRequests, 12, apifytest.Fault{Status: 503})
 			ctx, cancel := context.WithCancel(context.Background())
 			var handled atomic.Int32
+			start := time.Now()
+			var firstRan time.Duration
 			stats, err := q.Consume(ctx, func(context.Context, *apify.Request) error {
-				if handled.Add(1) == 2 {
+				if handled.Add(1) == 1 {
+					firstRan = time.Since(start)
+				} else {
 					cancel()
 				}
 				return nil
-			}, apify.ConsumeOptions{ClientKey: "patient", KeepAlive: true})
+			}, apify.ConsumeOptions{ClientKey: "patient", KeepAlive: true, Concurrency: 1})
 			require.ErrorIs(t, err, context.Canceled)
 			assert.Equal(t, 2, stats.Handled)
 			assert.Equal(t, 2, stats.CallErrors, "two rounds of the client's five attempts failed")
+			// Consume's backoff after each round: at most 500 ms, then 1 s;
+			// the client's own waits (1 to 20 ms) add at most 160 ms.
+			assert.Less(t, firstRan, 1700*time.Millisecond, "waited Consume's short backoff, no more")
 		})
 	})
 }

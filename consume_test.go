@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -942,15 +943,26 @@ func testDoesNotProlongARecordedRequest(t *testing.T, delay time.Duration) {
 		const lock = 12 * time.Second
 		srv, q, _ := memQueue(t, 1)
 		srv.InjectFault(apifytest.OpUpdateRequest, apifytest.Fault{ResponseDelay: delay})
+		var logs logRecords
 		stats, err := q.Consume(context.Background(), func(context.Context, *apify.Request) error {
 			time.Sleep(time.Second) // the update is sent at 1 s; the renewal is due at 8 s
 			return nil
-		}, apify.ConsumeOptions{ClientKey: "patient", LockDuration: lock})
+		}, apify.ConsumeOptions{ClientKey: "patient", LockDuration: lock, Logger: slog.New(&logs)})
 		require.NoError(t, err)
 		assert.Equal(t, 1, stats.Handled)
 		assert.Zero(t, stats.LocksLost)
 		assert.Equal(t, 1, srv.Calls(apifytest.OpProlongRequestLock), "one refused prolong, not a storm")
 		assert.Equal(t, totalCalls(srv), stats.APICalls)
+		// The refused prolong does not end the lease while the update is
+		// in flight: with a 9 s delay its own answer decides, and the
+		// request is read once (to run it); with 15 s the lease ends and
+		// one more read finds the result recorded.
+		if delay < lock-lock/10 {
+			assert.Equal(t, 1, srv.Calls(apifytest.OpGetRequest))
+			assert.Empty(t, logs.find("lost the lock"), "no lock declared lost and taken back")
+		} else {
+			assert.Equal(t, 2, srv.Calls(apifytest.OpGetRequest))
+		}
 	})
 }
 

@@ -19,3 +19,13 @@ func SetPlatformEventTimings(t interface{ Cleanup(func()) }, backoffMin, backoff
 		eventsMu.Unlock()
 	})
 }
+
+// NewMemoryPlatformEvents returns a subscription that delivers the events
+// given to send, in memory, with no connection: for tests of Consume's
+// reaction to platform events inside a testing/synctest bubble (a
+// WebSocket cannot live in one). Close it when done.
+func NewMemoryPlatformEvents() (events *PlatformEvents, send func(PlatformEvent)) {
+	e := &PlatformEvents{ch: make(chan PlatformEvent), stop: make(chan struct{}), wake: make(chan struct{}, 1), fwd: make(chan struct{})}
+	go e.forward()
+	return e, e.enqueue
+}
