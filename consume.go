@@ -334,12 +334,18 @@ type ConsumeStats struct {
 // handled, and a share of a head/lock: about 2.05 queue calls with handlers
 // much shorter than the lock, plus one unlock at start and one at exit. The
 // share grows when handlers are slow and few, because a request may wait
-// only a third of the lock: with requests that start one after another, a
-// head/lock takes about 1 + Concurrency × (LockDuration/3) ÷ (time per
-// request), so 2.1 calls is reached when Concurrency ≥ 27 × (time per
-// request) ÷ LockDuration (and, with handlers that start together, sooner).
-// A handler that runs longer than two thirds of the lock costs one prolong
-// per further two thirds.
+// in prefetch only W: a third of the lock, or, for requests longer than a
+// third of the lock less the margin, as long as keeps it from needing a
+// renewal it would not need by itself (two thirds of the lock less the
+// time per request and the margin: 13 s for 25 s requests under a 60 s
+// lock). With requests that start one after another, a head/lock then takes
+// about 1 + Concurrency × W ÷ (time per request), and a request costs
+// 2 + 1 ÷ that: 2.1 once Concurrency ≥ 9 × (time per request) ÷ W (with
+// handlers that start together, sooner). Handler times that spread add a
+// little (a long one that waited may need a prolong): with 20 to 30 s
+// handlers under a 60 s lock, measured 2.67 at Concurrency 2, 2.19 at 16,
+// 2.06 at 64. A handler that runs longer than two thirds of the lock costs
+// one prolong per further two thirds.
 func (q *RequestQueueClient) Consume(ctx context.Context, h Handler, opts ConsumeOptions) (*ConsumeStats, error) {
 	if q.err != nil {
 		return &ConsumeStats{}, q.err

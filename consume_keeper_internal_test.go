@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"testing"
 	"time"
 
@@ -12,7 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// DEFECT (fails today): the keeper's schedule keeps an entry for every
+// Fixed (found in review): the keeper's schedule keeps an entry for every
 // lease that ever came and went until that entry's time comes: a third of
 // the lock after the lease was locked (its release while waiting) and two
 // thirds (its first renewal), however soon the request was done. Each
@@ -24,9 +23,6 @@ import (
 // under a one-hour lock, with the keeper running: the schedule should hold
 // (about) what is held, which is nothing.
 func TestKeeperScheduleHoldsOnlyWhatIsHeld(t *testing.T) {
-	if os.Getenv("APIFY_KNOWN_BUGS") == "" {
-		t.Skip("a known Consume defect found in review (see its comment); APIFY_KNOWN_BUGS=1 runs it")
-	}
 	o, err := ConsumeOptions{ClientKey: "heap", LockDuration: time.Hour}.resolve()
 	require.NoError(t, err)
 	q := memClient(t, http.NotFoundHandler()).RequestQueue("WkzbQMuFYuamGv3YF")

@@ -120,11 +120,15 @@ func (k *keeper) add(items []LockedRequest, sent time.Time, dur time.Duration) [
 			l.after = old
 		}
 		l.ctx, l.end = context.WithCancelCause(c.ops)
+		// l.mu is held until the lease is set up: a timer that fires at
+		// once (a late answer) waits for it in endLease.
+		l.mu.Lock()
 		l.expiry = time.AfterFunc(time.Until(l.deadline.Add(-c.margin)), func() {
 			k.lose(l, "the lock is about to expire and could not be prolonged in time", nil)
 		})
 		k.held[l.id] = l
 		c.waiting.Add(1)
+		l.mu.Unlock()
 		// A waiting lease is not renewed: it is released when it has waited
 		// a third of its lock (see act). A head/lock answer that came that
 		// late leaves a moment for an idle worker to take it first.

@@ -23,6 +23,7 @@ type flow struct {
 	mu       sync.Mutex
 	lock     time.Duration // the lock time the API applies
 	service  time.Duration // moving average of the time a worker spends on a request
+	spread   time.Duration // moving average of a request's distance from service
 	measured bool
 	headLock time.Duration // moving average of a head/lock call's latency
 }
@@ -38,6 +39,9 @@ func ewma(avg, sample time.Duration, first bool) time.Duration {
 // served records the time a worker spent on one request.
 func (f *flow) served(d time.Duration) {
 	f.mu.Lock()
+	if f.measured {
+		f.spread = ewma(f.spread, (d - f.service).Abs(), f.spread == 0)
+	}
 	f.service = ewma(f.service, d, !f.measured)
 	f.measured = true
 	f.mu.Unlock()
@@ -78,7 +82,7 @@ func window(s, lock, margin time.Duration) time.Duration {
 // for the idle slots only.
 func (f *flow) plan(now time.Time, waiting int) (n int, recheck time.Time) {
 	f.mu.Lock()
-	s, measured, lock, rtt := f.service, f.measured, f.lock, f.headLock
+	s, spread, measured, lock, rtt := f.service, f.spread, f.measured, f.lock, f.headLock
 	f.mu.Unlock()
 	idle := 0
 	for i := range f.started {
@@ -98,10 +102,17 @@ func (f *flow) plan(now time.Time, waiting int) (n int, recheck time.Time) {
 		if st := f.started[i].Load(); st != 0 {
 			began := time.Unix(0, st)
 			free = began.Add(s)
-			if free.Before(now) {
-				// Running late: a request that has taken x so far is
-				// likely to take about as long again.
-				free = now.Add(now.Sub(began))
+			if late := now.Sub(free); late > 0 {
+				if late < 3*spread {
+					// Late within the usual spread of request times:
+					// likely done within about that spread.
+					free = now.Add(spread)
+				} else {
+					// Late past it (a stuck page, a hung call): a request
+					// that has taken x so far is likely to take about as
+					// long again.
+					free = now.Add(now.Sub(began))
+				}
 			}
 			// Look again when this slot is about to free, if nothing wakes the locker before.
 			if at := free.Add(-2 * rtt); at.After(now) && (recheck.IsZero() || at.Before(recheck)) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"time"
 )
 
@@ -61,13 +62,17 @@ func (c *consumer) record(l *lease, req, orig *Request, herr error) {
 			// took the result: it was recorded after all.
 			c.lost.Add(-1)
 		}
-	case l.lost() && !req.HandledAt.IsZero() && c.recordedAfterAll(l, req):
+	case l.lost() && c.recordedAfterAll(l, req):
 		// The lease ended while the answer was on its way, but the API had
-		// recorded the result before the lock ended: not a lost lock.
+		// recorded the result before the lock ended: not a lost lock. (A
+		// retry's lock is not deleted: it is not ours any more.)
 		c.lost.Add(-1)
-		if herr == nil {
+		switch {
+		case herr == nil:
 			c.handled.Add(1)
-		} else {
+		case deleteLock:
+			c.retried.Add(1)
+		default:
 			c.failed.Add(1)
 		}
 		return
@@ -107,15 +112,24 @@ func (c *consumer) record(l *lease, req, orig *Request, herr error) {
 }
 
 // recordedAfterAll reads a request whose lease ended while the update that
-// marks it handled was in flight, and reports whether that update was
-// recorded (the request carries the handledAt it sent). The read is bounded
-// by ShutdownTimeout, and does not change the queue.
+// records its result was in flight, and reports whether that update was
+// recorded: the request carries the handledAt it sent, or, for a retry, the
+// retry count and error messages it sent and no handledAt. (Had another
+// client run it since, the counts differ and it reads as not recorded: a
+// lost lock, which is what it was to this consumer.) The read is bounded by
+// ShutdownTimeout, and does not change the queue.
 func (c *consumer) recordedAfterAll(l *lease, req *Request) bool {
 	ctx, cancel := context.WithTimeout(c.ops, c.o.ShutdownTimeout)
 	defer cancel()
 	c.calls.Add(1)
 	got, err := c.q.GetRequest(ctx, l.id)
-	return err == nil && got.HandledAt.Sub(req.HandledAt).Abs() < time.Millisecond
+	if err != nil {
+		return false
+	}
+	if !req.HandledAt.IsZero() {
+		return got.HandledAt.Sub(req.HandledAt).Abs() < time.Millisecond
+	}
+	return got.HandledAt.IsZero() && got.RetryCount == req.RetryCount && slices.Equal(got.ErrorMessages, req.ErrorMessages)
 }
 
 // leaseCallFailed ends the lease of a call under it that failed for good

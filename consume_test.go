@@ -428,7 +428,7 @@ func TestConsumeHandlerTimeout(t *testing.T) {
 			require.NoError(t, err)
 			require.Len(t, got.ErrorMessages, 1)
 			assert.Contains(t, got.ErrorMessages[0], apify.ErrHandlerAbandoned.Error())
-			assert.Contains(t, got.ErrorMessages[0], "HandlerTimeout (5s)")
+			assert.Contains(t, got.ErrorMessages[0], "HandlerTimeout (5s) and had not returned 2s later")
 		})
 	})
 }

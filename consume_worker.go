@@ -70,9 +70,9 @@ func (c *consumer) process(l *lease) bool {
 	orig.ErrorMessages = slices.Clone(req.ErrorMessages)
 	orig.UserData, orig.Payload, orig.Headers = slices.Clone(req.UserData), slices.Clone(req.Payload), slices.Clone(req.Headers)
 
-	herr, cause, abandoned := c.runHandler(l, req)
-	if abandoned {
-		c.abandon(l, &orig, cause)
+	herr, cause, waited := c.runHandler(l, req)
+	if waited > 0 {
+		c.abandon(l, &orig, cause, waited)
 		return true
 	}
 	switch {
@@ -96,10 +96,11 @@ func (c *consumer) process(l *lease) bool {
 // runHandler calls the handler in a goroutine of its own, with a ctx that
 // ends at HandlerTimeout, when the lease ends, or when the drain is over.
 // It returns what the handler returned and why its ctx ended (nil if it did
-// not), or abandoned when the handler had not returned a grace after its
-// ctx ended: the handler's goroutine is left running, and req (which it may
+// not). When the handler had not returned a grace after its ctx ended, it
+// is abandoned: abandonedAfter is then how long it was waited for (more
+// than 0), the handler's goroutine is left running, and req (which it may
 // still be changing) must not be read.
-func (c *consumer) runHandler(l *lease, req *Request) (herr, cause error, abandoned bool) {
+func (c *consumer) runHandler(l *lease, req *Request) (herr, cause error, abandonedAfter time.Duration) {
 	hctx, cancel := context.WithCancelCause(l.ctx)
 	defer cancel(nil)
 	timeout := time.AfterFunc(c.o.HandlerTimeout, func() { cancel(ErrHandlerTimeout) })
@@ -111,10 +112,14 @@ func (c *consumer) runHandler(l *lease, req *Request) (herr, cause error, abando
 	go c.call(hctx, req, done)
 	select {
 	case herr = <-done:
-		return herr, context.Cause(hctx), false
+		return herr, context.Cause(hctx), 0
 	case <-hctx.Done():
 	}
 	cause = context.Cause(hctx)
+	stopped := time.Now()
+	// abandoned is how long the handler was waited for after its ctx ended
+	// (never 0: it reports the abandonment).
+	abandoned := func() time.Duration { return max(time.Since(stopped), time.Nanosecond) }
 	grace := c.grace
 	drained := c.drain.Done()
 	if errors.Is(cause, ErrShuttingDown) {
@@ -126,9 +131,9 @@ func (c *consumer) runHandler(l *lease, req *Request) (herr, cause error, abando
 	for {
 		select {
 		case herr = <-done:
-			return herr, cause, false
+			return herr, cause, 0
 		case <-t.C:
-			return nil, cause, true
+			return nil, cause, abandoned()
 		case <-drained:
 			// The drain ended during the grace (of a HandlerTimeout, or a
 			// lost lock): the shutdown's grace, if shorter, applies from now.
@@ -136,7 +141,7 @@ func (c *consumer) runHandler(l *lease, req *Request) (herr, cause error, abando
 			end = minTime(end, time.Now().Add(time.Duration(c.shutdownGrace.Load())))
 			t.Reset(time.Until(end))
 		case <-c.ops.Done():
-			return nil, cause, true // the end of the shutdown: no more waiting
+			return nil, cause, abandoned() // the end of the shutdown: no more waiting
 		}
 	}
 }
@@ -164,15 +169,16 @@ func (c *consumer) call(ctx context.Context, req *Request, done chan<- error) {
 // ended. At HandlerTimeout its run is a failed attempt, recorded at once on
 // the request as read; after a lost lock there is nothing to record; at
 // shutdown the request is left to the final unlock.
-func (c *consumer) abandon(l *lease, orig *Request, cause error) {
+func (c *consumer) abandon(l *lease, orig *Request, cause error, waited time.Duration) {
 	c.abandoned.Add(1)
+	waited = waited.Round(time.Millisecond)
 	c.log.Error("apify: Consume: abandoned a handler that did not return after its ctx ended; its goroutine may still be running, and its result will be ignored",
-		"queue", c.queue, "request", l.id, "url", l.url, "cause", cause, "grace", c.grace)
+		"queue", c.queue, "request", l.id, "url", l.url, "cause", cause, "grace", waited)
 	switch {
 	case errors.Is(cause, ErrHandlerTimeout) && !l.lost():
 		req := *orig
 		req.ErrorMessages = slices.Clone(orig.ErrorMessages)
-		err := fmt.Errorf("%w: it ran past HandlerTimeout (%v) and had not returned %v later", ErrHandlerAbandoned, c.o.HandlerTimeout, c.grace)
+		err := fmt.Errorf("%w: it ran past HandlerTimeout (%v) and had not returned %v later", ErrHandlerAbandoned, c.o.HandlerTimeout, waited)
 		c.record(l, &req, orig, err)
 	case !l.lost():
 		c.keeper.finish(l) // shutting down: the final unlock releases it
