@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/rqkit/apify"
@@ -15,9 +16,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Consume and the platform's events, in real time over loopback (a
-// WebSocket cannot live inside a testing/synctest bubble): the emulator
-// serves the run's events, and the tests send them.
+// Consume and the platform's events. Most tests run inside a
+// testing/synctest bubble, to the millisecond, with the events delivered in
+// memory (newMemEventCrawl); a WebSocket cannot live in a bubble, so those
+// about the connection (a reconnect, a 1008, subscribing by itself) run in
+// real time over loopback, where the emulator serves the run's events.
 
 // eventCrawl is a crawl of n requests by the Actor run apifytest.DefaultRunID
 // (its token, its run ID as the clientKey, as DefaultClientKey would be in
@@ -27,6 +30,9 @@ type eventCrawl struct {
 	q    *apify.RequestQueueClient
 	ids  []string
 	work time.Duration
+	// events and send, in memory (newMemEventCrawl); nil over a WebSocket.
+	events *apify.PlatformEvents
+	send   func(apify.PlatformEvent)
 
 	mu        sync.Mutex
 	runs      map[string]int
@@ -50,6 +56,41 @@ func newEventCrawl(t *testing.T, n int, work time.Duration) *eventCrawl {
 		srv: srv, q: c.RequestQueue(queueID), ids: srv.AddRequests(queueID, reqs...), work: work,
 		runs: map[string]int{}, completed: map[string]int{}, cancelled: map[string]int{}, started: make(chan struct{}),
 	}
+}
+
+// newMemEventCrawl is newEventCrawl in memory, for a testing/synctest
+// bubble: the emulator is served in memory, and e.events delivers what
+// e.event sends.
+func newMemEventCrawl(t *testing.T, n int, work time.Duration) *eventCrawl {
+	t.Helper()
+	srv, q, ids := memQueue(t, n, apifytest.WithRunToken("run-token", apifytest.DefaultRunID))
+	events, send := memEvents(t)
+	return &eventCrawl{
+		srv: srv, q: q, ids: ids, work: work, events: events, send: send,
+		runs: map[string]int{}, completed: map[string]int{}, cancelled: map[string]int{}, started: make(chan struct{}),
+	}
+}
+
+// event sends a platform event to the run: in memory, or over the
+// emulator's WebSocket.
+func (e *eventCrawl) event(t *testing.T, ev apify.PlatformEvent) {
+	t.Helper()
+	if e.send != nil {
+		e.send(ev)
+		return
+	}
+	var data any
+	switch ev.Name {
+	case apify.PlatformEventMigrating:
+		data = map[string]any{"timeRemainingSecs": ev.TimeRemaining.Seconds()}
+	case apify.PlatformEventPersistState:
+		data = map[string]any{"isMigrating": ev.IsMigrating}
+	}
+	require.NoError(t, e.srv.SendEvent(ev.Name, data))
+}
+
+func migratingEvent(left time.Duration) apify.PlatformEvent {
+	return apify.PlatformEvent{Name: apify.PlatformEventMigrating, TimeRemaining: left}
 }
 
 func (e *eventCrawl) handler(ctx context.Context, req *apify.Request) error {
@@ -133,64 +174,61 @@ func (e *eventCrawl) finish(t *testing.T) {
 // before the 5 s are out. The restarted run finishes the crawl. The same
 // for aborting, and for SIGTERM (ctx), with shorter handlers.
 func TestConsumeStopsForPlatformEvents(t *testing.T) {
-	t.Parallel()
 	for _, tc := range []struct {
 		name      string
 		work      time.Duration
-		stop      func(e *eventCrawl, cancel context.CancelFunc) error
+		event     *apify.PlatformEvent // nil: SIGTERM (the ctx is cancelled)
 		wantErr   error
 		stoppedBy string
 		within    time.Duration
 	}{
-		{"migrating", 2 * time.Second, func(e *eventCrawl, _ context.CancelFunc) error {
-			return e.srv.SendEvent("migrating", map[string]any{"timeRemainingSecs": 5})
-		}, apify.ErrMigrating, "migrating", 5 * time.Second},
-		{"aborting", 500 * time.Millisecond, func(e *eventCrawl, _ context.CancelFunc) error {
-			return e.srv.SendEvent("aborting", nil)
-		}, apify.ErrAborting, "aborting", 30 * time.Second},
-		{"SIGTERM", 500 * time.Millisecond, func(_ *eventCrawl, cancel context.CancelFunc) error {
-			cancel()
-			return nil
-		}, context.Canceled, "", apify.DefaultConsumeDrainTimeout + apify.DefaultShutdownTimeout*3/2},
+		{"migrating", 2 * time.Second, &[]apify.PlatformEvent{migratingEvent(5 * time.Second)}[0], apify.ErrMigrating, "migrating", 5 * time.Second},
+		{"aborting", 500 * time.Millisecond, &apify.PlatformEvent{Name: apify.PlatformEventAborting}, apify.ErrAborting, "aborting", 30 * time.Second},
+		{"SIGTERM", 500 * time.Millisecond, nil, context.Canceled, "", apify.DefaultConsumeDrainTimeout + apify.DefaultShutdownTimeout*3/2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			e := newEventCrawl(t, 500, tc.work)
-			events := e.subscribe(t)
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			type result struct {
-				stats *apify.ConsumeStats
-				err   error
-			}
-			done := make(chan result, 1)
-			go func() {
-				stats, err := e.q.Consume(ctx, e.handler, apify.ConsumeOptions{ClientKey: apifytest.DefaultRunID, Concurrency: 16, Events: events})
-				done <- result{stats, err}
-			}()
-			<-e.started
-			// Mid-run: the first 16 handled, so Consume measured them and
-			// prefetched more; the next 16 are halfway through.
-			time.Sleep(tc.work * 3 / 2)
-			require.Greater(t, len(e.srv.Locked(e.q.ID())), 16, "some prefetched")
-			sent := time.Now()
-			require.NoError(t, tc.stop(e, cancel))
-			require.Eventually(t, func() bool { return len(e.srv.Locked(e.q.ID())) <= 16 }, 500*time.Millisecond, time.Millisecond,
-				"the prefetched requests released at once")
-			released := e.lastLockReleased(t, tc.within)
-			r := <-done
-			returned := time.Since(sent)
-			require.ErrorIs(t, r.err, tc.wantErr)
-			assert.Equal(t, tc.stoppedBy, r.stats.StoppedBy)
-			assert.Less(t, returned, tc.within, "returned before the platform's deadline")
-			assert.Less(t, returned, tc.work, "the running handlers needed half their time more")
-			t.Logf("%s: last lock released %v after the event, Consume returned after %v; handled %d, released at exit %d",
-				tc.name, released.Sub(sent).Round(time.Millisecond), returned.Round(time.Millisecond), r.stats.Handled, r.stats.ReleasedAtExit)
-			assert.Empty(t, e.srv.LockedBy(e.q.ID(), apifytest.DefaultRunID), "no lock of its clientKey")
-			assert.Empty(t, e.srv.LockedByRun(e.q.ID(), apifytest.DefaultRunID), "no lock of its run")
-			assert.GreaterOrEqual(t, r.stats.Handled, 32, "the running handlers' results were recorded")
-			assert.Positive(t, r.stats.ReleasedAtExit)
-			e.finish(t)
+			synctest.Test(t, func(t *testing.T) {
+				e := newMemEventCrawl(t, 500, tc.work)
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				type result struct {
+					stats *apify.ConsumeStats
+					err   error
+				}
+				done := make(chan result, 1)
+				go func() {
+					stats, err := e.q.Consume(ctx, e.handler, apify.ConsumeOptions{ClientKey: apifytest.DefaultRunID, Concurrency: 16, Events: e.events})
+					done <- result{stats, err}
+				}()
+				<-e.started
+				// Mid-run: the first 16 handled, so Consume measured them and
+				// prefetched more; the next 16 are halfway through.
+				time.Sleep(tc.work * 3 / 2)
+				require.Greater(t, len(e.srv.Locked(e.q.ID())), 16, "some prefetched")
+				sent := time.Now()
+				if tc.event != nil {
+					e.event(t, *tc.event)
+				} else {
+					cancel()
+				}
+				time.Sleep(time.Millisecond)
+				assert.LessOrEqual(t, len(e.srv.Locked(e.q.ID())), 16, "the prefetched requests released at once")
+				released := e.lastLockReleased(t, tc.within)
+				r := <-done
+				returned := time.Since(sent)
+				require.ErrorIs(t, r.err, tc.wantErr)
+				assert.Equal(t, tc.stoppedBy, r.stats.StoppedBy)
+				assert.Less(t, returned, tc.within, "returned before the platform's deadline")
+				assert.Less(t, returned, tc.work, "the running handlers needed half their time more")
+				assert.WithinDuration(t, sent.Add(tc.work/2), released, 2*time.Millisecond, "the last lock released as the running handlers ended")
+				t.Logf("%s: last lock released %v after the event, Consume returned after %v; handled %d, released at exit %d",
+					tc.name, released.Sub(sent), returned, r.stats.Handled, r.stats.ReleasedAtExit)
+				assert.Empty(t, e.srv.LockedBy(e.q.ID(), apifytest.DefaultRunID), "no lock of its clientKey")
+				assert.Empty(t, e.srv.LockedByRun(e.q.ID(), apifytest.DefaultRunID), "no lock of its run")
+				assert.GreaterOrEqual(t, r.stats.Handled, 32, "the running handlers' results were recorded")
+				assert.Positive(t, r.stats.ReleasedAtExit)
+				e.finish(t)
+			})
 		})
 	}
 }
@@ -199,63 +237,64 @@ func TestConsumeStopsForPlatformEvents(t *testing.T) {
 // (cause ErrShuttingDown, wrapping ErrMigrating), so that every lock is
 // released before the process is killed.
 func TestConsumeMigratingCancelsWhatWouldOutlastIt(t *testing.T) {
-	t.Parallel()
-	e := newEventCrawl(t, 100, time.Minute)
-	events := e.subscribe(t)
-	var causes sync.Map
-	done := make(chan error, 1)
-	go func() {
-		_, err := e.q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
-			err := e.handler(ctx, req)
-			causes.Store(req.ID, context.Cause(ctx))
-			return err
-		}, apify.ConsumeOptions{ClientKey: apifytest.DefaultRunID, Concurrency: 8, Events: events})
-		done <- err
-	}()
-	<-e.started
-	time.Sleep(100 * time.Millisecond)
-	sent := time.Now()
-	require.NoError(t, e.srv.SendEvent("migrating", map[string]any{"timeRemainingSecs": 1.5}))
-	released := e.lastLockReleased(t, 1500*time.Millisecond)
-	err := <-done
-	require.ErrorIs(t, err, apify.ErrMigrating)
-	assert.Less(t, time.Since(sent), 1500*time.Millisecond)
-	assert.Less(t, released.Sub(sent), 1500*time.Millisecond)
-	n := 0
-	causes.Range(func(_, v any) bool {
-		n++
-		assert.ErrorIs(t, v.(error), apify.ErrShuttingDown)
-		assert.ErrorIs(t, v.(error), apify.ErrMigrating)
-		return true
+	synctest.Test(t, func(t *testing.T) {
+		e := newMemEventCrawl(t, 100, time.Minute)
+		var causes sync.Map
+		done := make(chan error, 1)
+		go func() {
+			_, err := e.q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
+				err := e.handler(ctx, req)
+				causes.Store(req.ID, context.Cause(ctx))
+				return err
+			}, apify.ConsumeOptions{ClientKey: apifytest.DefaultRunID, Concurrency: 8, Events: e.events})
+			done <- err
+		}()
+		<-e.started
+		time.Sleep(100 * time.Millisecond)
+		sent := time.Now()
+		e.event(t, migratingEvent(1500*time.Millisecond))
+		released := e.lastLockReleased(t, 1500*time.Millisecond)
+		err := <-done
+		require.ErrorIs(t, err, apify.ErrMigrating)
+		assert.Less(t, time.Since(sent), 1500*time.Millisecond)
+		assert.Less(t, released.Sub(sent), 1500*time.Millisecond)
+		n := 0
+		causes.Range(func(_, v any) bool {
+			n++
+			assert.ErrorIs(t, v.(error), apify.ErrShuttingDown)
+			assert.ErrorIs(t, v.(error), apify.ErrMigrating)
+			return true
+		})
+		assert.Equal(t, 8, n, "the 8 running handlers were cancelled")
+		assert.Empty(t, e.srv.Locked(e.q.ID()))
+		assert.Len(t, e.srv.Pending(e.q.ID()), 100, "all back in the queue, none spent a retry")
+		for _, st := range e.srv.Pending(e.q.ID()) {
+			assert.Zero(t, st.RetryCount)
+		}
 	})
-	assert.Equal(t, 8, n, "the 8 running handlers were cancelled")
-	assert.Empty(t, e.srv.Locked(e.q.ID()))
-	assert.Len(t, e.srv.Pending(e.q.ID()), 100, "all back in the queue, none spent a retry")
-	for _, st := range e.srv.Pending(e.q.ID()) {
-		assert.Zero(t, st.RetryCount)
-	}
 }
 
 // A migrating event during a SIGTERM drain shortens it to the event's budget.
 func TestConsumeEventShortensAShutdownUnderWay(t *testing.T) {
-	t.Parallel()
-	e := newEventCrawl(t, 20, time.Minute)
-	events := e.subscribe(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		_, err := e.q.Consume(ctx, e.handler, apify.ConsumeOptions{ClientKey: apifytest.DefaultRunID, Concurrency: 4, Events: events, DrainTimeout: time.Minute})
-		done <- err
-	}()
-	<-e.started
-	cancel() // a drain of a minute begins
-	time.Sleep(200 * time.Millisecond)
-	sent := time.Now()
-	require.NoError(t, e.srv.SendEvent("migrating", map[string]any{"timeRemainingSecs": 1}))
-	err := <-done
-	assert.Less(t, time.Since(sent), time.Second)
-	require.ErrorIs(t, err, apify.ErrMigrating, "the event says more than the ctx")
-	assert.Empty(t, e.srv.Locked(e.q.ID()))
+	synctest.Test(t, func(t *testing.T) {
+		e := newMemEventCrawl(t, 20, time.Minute)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		done := make(chan error, 1)
+		go func() {
+			_, err := e.q.Consume(ctx, e.handler, apify.ConsumeOptions{ClientKey: apifytest.DefaultRunID, Concurrency: 4, Events: e.events, DrainTimeout: time.Minute})
+			done <- err
+		}()
+		<-e.started
+		cancel() // a drain of a minute begins
+		time.Sleep(200 * time.Millisecond)
+		sent := time.Now()
+		e.event(t, migratingEvent(time.Second))
+		err := <-done
+		assert.Less(t, time.Since(sent), time.Second)
+		require.ErrorIs(t, err, apify.ErrMigrating, "the event says more than the ctx")
+		assert.Empty(t, e.srv.Locked(e.q.ID()))
+	})
 }
 
 // The events connection drops and comes back: an event after the reconnect
@@ -350,34 +389,39 @@ func TestConsumeSubscribesByItselfInAnActorRun(t *testing.T) {
 // OnPersistState runs one call at a time; a panic in it is logged, and
 // Consume goes on.
 func TestConsumeOnPersistStateOneAtATime(t *testing.T) {
-	t.Parallel()
-	e := newEventCrawl(t, 1000, 50*time.Millisecond)
-	events := e.subscribe(t)
-	var logs logRecords
-	release := make(chan struct{})
-	var calls atomic.Int32
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		_, err := e.q.Consume(ctx, e.handler, apify.ConsumeOptions{ClientKey: apifytest.DefaultRunID, Concurrency: 4, Events: events, Logger: slog.New(&logs),
-			OnPersistState: func(context.Context, bool) {
-				if calls.Add(1) == 1 {
-					<-release
-					panic("save failed")
-				}
-			}})
-		done <- err
-	}()
-	<-e.started
-	require.NoError(t, e.srv.SendEvent("persistState", map[string]any{"isMigrating": false}))
-	require.Eventually(t, func() bool { return calls.Load() == 1 }, 5*time.Second, time.Millisecond)
-	require.NoError(t, e.srv.SendEvent("persistState", map[string]any{"isMigrating": false}))
-	require.Eventually(t, func() bool { return len(logs.find("persistState skipped")) == 1 }, 5*time.Second, time.Millisecond)
-	close(release)
-	require.Eventually(t, func() bool { return len(logs.find("OnPersistState panicked")) == 1 }, 5*time.Second, time.Millisecond)
-	require.NoError(t, e.srv.SendEvent("persistState", map[string]any{"isMigrating": false}))
-	require.Eventually(t, func() bool { return calls.Load() == 2 }, 5*time.Second, time.Millisecond)
-	cancel()
-	require.ErrorIs(t, <-done, context.Canceled)
-	assert.Equal(t, int32(2), calls.Load())
+	synctest.Test(t, func(t *testing.T) {
+		e := newMemEventCrawl(t, 1000, 50*time.Millisecond)
+		var logs logRecords
+		release := make(chan struct{})
+		var calls atomic.Int32
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, err := e.q.Consume(ctx, e.handler, apify.ConsumeOptions{ClientKey: apifytest.DefaultRunID, Concurrency: 4, Events: e.events, Logger: slog.New(&logs),
+				OnPersistState: func(context.Context, bool) {
+					if calls.Add(1) == 1 {
+						<-release
+						panic("save failed")
+					}
+				}})
+			done <- err
+		}()
+		<-e.started
+		persist := apify.PlatformEvent{Name: apify.PlatformEventPersistState}
+		e.event(t, persist)
+		synctest.Wait()
+		require.Equal(t, int32(1), calls.Load())
+		e.event(t, persist)
+		synctest.Wait()
+		require.Len(t, logs.find("persistState skipped"), 1, "skipped while the first call runs")
+		close(release)
+		synctest.Wait()
+		require.Len(t, logs.find("OnPersistState panicked"), 1)
+		e.event(t, persist)
+		synctest.Wait()
+		require.Equal(t, int32(2), calls.Load())
+		cancel()
+		require.ErrorIs(t, <-done, context.Canceled)
+		assert.Equal(t, int32(2), calls.Load())
+	})
 }
