@@ -238,7 +238,9 @@ type ConsumeStats struct {
 //     (RecoveredAtStart). Therefore two consumers must not share a
 //     clientKey on one queue: each would release the other's locks. In one
 //     process this is enforced: a second Consume on the same queue (as
-//     addressed: the same base URL and queue ID) and the same clientKey
+//     addressed: the same base URL and queue path, so one queue addressed
+//     by its ID and by username~name, or through RunRequestQueue, is not
+//     seen as the same; address a queue one way) and the same clientKey
 //     fails at once with ErrConsumeInProgress; inside an Actor run
 //     (ACTOR_RUN_ID is set), where an unlock also releases every lock of
 //     the run, a second Consume on the same queue fails whatever its key.

@@ -405,6 +405,31 @@ func TestConsumeReleasesRatherThanProlongsAWaitingRequest(t *testing.T) {
 	})
 }
 
+// The answer to a prefetched request's release is lost and the client's
+// retry gets 403 (the lock is gone): the request was given back, and
+// PrefetchReleased counts it.
+func TestConsumeLostReleaseAnswerIsCountedAsAReleased(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const lock = 12 * time.Second
+		srv, q, ids := memQueue(t, 40)
+		srv.FailNext(apifytest.OpDeleteRequestLock, 1, apifytest.Fault{DropResponse: true})
+		stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
+			if req.ID == ids[5] {
+				time.Sleep(30 * time.Second) // the requests behind it wait too long
+			} else {
+				time.Sleep(100 * time.Millisecond)
+			}
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "fresh", Concurrency: 1, LockDuration: lock})
+		require.NoError(t, err)
+		assert.Equal(t, 40, stats.Handled)
+		require.Positive(t, stats.PrefetchReleased)
+		assert.Equal(t, srv.Calls(apifytest.OpDeleteRequestLock)-1, stats.PrefetchReleased,
+			"every release counted, the one whose answer was lost too (its retry got 403)")
+		assert.Zero(t, stats.LocksLost)
+	})
+}
+
 // Calls per handled request, counted by the emulator, for handlers of
 // 0, 2 s and 25 s under a 60 s lock. Where a head/lock can take 10 requests
 // that all start within a third of the lock (Concurrency ≥ 27 × time per

@@ -205,13 +205,15 @@ func (c *consumer) release(l *lease, atExit bool) {
 	c.calls.Add(1)
 	err := c.q.DeleteRequestLock(ctx, l.id, DeleteLockOptions{ClientKey: c.o.ClientKey, Forefront: true})
 	switch {
-	case err == nil && atExit:
-		c.released.Add(1)
-	case err == nil:
-		c.prefetchReleased.Add(1)
-	case isLockRefused(err):
-		// Not ours any more (a retry after a lost answer, or the lock
-		// lapsed): released either way.
+	case err == nil || isLockRefused(err):
+		// A 403 means the lock is not ours any more: most often the retry
+		// of a delete whose answer was lost, else a lock that lapsed. The
+		// request is back in the queue either way.
+		if atExit {
+			c.released.Add(1)
+		} else {
+			c.prefetchReleased.Add(1)
+		}
 	default:
 		c.log.Warn("apify: Consume: releasing a request no handler started failed; it goes back when its lock expires or at exit", "queue", c.queue, "request", l.id, "error", err)
 	}
