@@ -70,7 +70,7 @@ func (c *consumer) process(l *lease) bool {
 	orig.ErrorMessages = slices.Clone(req.ErrorMessages)
 	orig.UserData, orig.Payload, orig.Headers = slices.Clone(req.UserData), slices.Clone(req.Payload), slices.Clone(req.Headers)
 
-	herr, cause, waited := c.runHandler(l, req)
+	waited, herr, cause := c.runHandler(l, req)
 	if waited > 0 {
 		c.abandon(l, &orig, cause, waited)
 		return true
@@ -100,7 +100,7 @@ func (c *consumer) process(l *lease) bool {
 // is abandoned: abandonedAfter is then how long it was waited for (more
 // than 0), the handler's goroutine is left running, and req (which it may
 // still be changing) must not be read.
-func (c *consumer) runHandler(l *lease, req *Request) (herr, cause error, abandonedAfter time.Duration) {
+func (c *consumer) runHandler(l *lease, req *Request) (abandonedAfter time.Duration, herr, cause error) {
 	hctx, cancel := context.WithCancelCause(l.ctx)
 	defer cancel(nil)
 	timeout := time.AfterFunc(c.o.HandlerTimeout, func() { cancel(ErrHandlerTimeout) })
@@ -112,7 +112,7 @@ func (c *consumer) runHandler(l *lease, req *Request) (herr, cause error, abando
 	go c.call(hctx, req, done)
 	select {
 	case herr = <-done:
-		return herr, context.Cause(hctx), 0
+		return 0, herr, context.Cause(hctx)
 	case <-hctx.Done():
 	}
 	cause = context.Cause(hctx)
@@ -131,9 +131,9 @@ func (c *consumer) runHandler(l *lease, req *Request) (herr, cause error, abando
 	for {
 		select {
 		case herr = <-done:
-			return herr, cause, 0
+			return 0, herr, cause
 		case <-t.C:
-			return nil, cause, abandoned()
+			return abandoned(), nil, cause
 		case <-drained:
 			// The drain ended during the grace (of a HandlerTimeout, or a
 			// lost lock): the shutdown's grace, if shorter, applies from now.
@@ -141,7 +141,7 @@ func (c *consumer) runHandler(l *lease, req *Request) (herr, cause error, abando
 			end = minTime(end, time.Now().Add(time.Duration(c.shutdownGrace.Load())))
 			t.Reset(time.Until(end))
 		case <-c.ops.Done():
-			return nil, cause, abandoned() // the end of the shutdown: no more waiting
+			return abandoned(), nil, cause // the end of the shutdown: no more waiting
 		}
 	}
 }
