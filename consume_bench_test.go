@@ -476,8 +476,10 @@ var callOps = []struct {
 // of the lock beyond the first two thirds):
 //
 //   - the bound Consume's documentation gives: 2 + p + 1 ÷ (requests per
-//     head/lock), which "takes at most 1 + Concurrency × (LockDuration/3) ÷
-//     (time per request)" (and at most 25);
+//     head/lock), which takes about 1 + Concurrency × W ÷ (time per
+//     request) (and at most 25), W the longest wait in prefetch: a third of
+//     the lock, or less where a longer wait would cost the request a
+//     renewal it would not need by itself;
 //   - the floor for any consumer that makes no more prolongs than p: a
 //     request locked with others waits while the slots work through those
 //     ahead of it, and must start within (p+1) × lock − s of its lock, so a
@@ -598,7 +600,11 @@ func callBounds(conc int, s, lock time.Duration) bounds {
 	b.prolongs = max(0, int((s+period-1)/period)-1)
 	documented, floor, floorThird := apify.MaxLockHeadLimit, apify.MaxLockHeadLimit, apify.MaxLockHeadLimit
 	if s > 0 {
-		documented = min(documented, int(1+float64(conc)*float64(lock/3)/float64(s)))
+		// W, as Consume documents it (its code keeps a twentieth of it for
+		// the spread of handler times).
+		margin := min(lock/10, 2*time.Second)
+		w := min(lock/3, max(time.Duration(b.prolongs+1)*period-s-margin, lock/10))
+		documented = min(documented, int(1+float64(conc)*float64(w)/float64(s)))
 		floor = min(floor, conc*int(1+(time.Duration(b.prolongs+1)*lock-s)/s))
 		floorThird = min(floorThird, conc*int(1+lock/3/s))
 	}
