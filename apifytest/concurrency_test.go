@@ -43,6 +43,7 @@ func TestConcurrentClients(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			t := workerTB{t} // this goroutine is not the test's: no t.Fatal here
 			key := fmt.Sprintf("client-%02d", w)
 			c := &rawClient{t: t, base: s.URL, hc: hc}
 			sdk := s.Client()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,6 +33,20 @@ func (r resp) data(t testing.TB) map[string]any {
 	}
 	return d
 }
+
+// workerTB is a testing.TB for a goroutine the test started (a worker),
+// where t.Fatal must not be called: a fatal failure is reported with Errorf
+// and ends that goroutine only (runtime.Goexit runs its defers, such as a
+// WaitGroup's Done), never the test's own.
+type workerTB struct{ testing.TB }
+
+func (w workerTB) Fatal(args ...any) { w.Helper(); w.Error(args...); runtime.Goexit() }
+func (w workerTB) Fatalf(format string, args ...any) {
+	w.Helper()
+	w.Errorf(format, args...)
+	runtime.Goexit()
+}
+func (w workerTB) FailNow() { w.Fail(); runtime.Goexit() }
 
 // items returns data.items.
 func (r resp) items(t testing.TB) []map[string]any {

@@ -174,10 +174,21 @@ func TestCrawlerProcessSignals(t *testing.T) {
 		require.NoError(t, err)
 		require.Empty(t, res.Unprocessed)
 	}
-	pending := func() int {
+	// countPending counts the requests in the queue's head (an error, for
+	// a condition polled in a goroutine of require.Eventually's, which must
+	// not call require); pending is it for the (sub)test t's own goroutine.
+	countPending := func() (int, error) {
 		head, err := q.ListHead(ctx, apify.ListHeadOptions{Limit: 1000})
+		if err != nil {
+			return 0, err
+		}
+		return len(head.Items), nil
+	}
+	pending := func(t *testing.T) int {
+		t.Helper()
+		n, err := countPending()
 		require.NoError(t, err)
-		return len(head.Items)
+		return n
 	}
 	env := []string{"APIFY_API_BASE_URL=" + baseURL, "APIFY_TOKEN=" + token}
 
@@ -191,7 +202,7 @@ func TestCrawlerProcessSignals(t *testing.T) {
 			"--lock", "10m", "--work", "1s", "--drain-timeout", drain.String(), "--shutdown-timeout", shutdown.String())
 		p.waitFor(handledLine, 4)
 		// Once handlers are measured, a batch is prefetched for them.
-		require.Eventually(t, func() bool { return n-pending() > 8 }, 5*time.Second, 10*time.Millisecond, "mid-run: handled and held requests are out of the head")
+		require.Eventually(t, func() bool { p, err := countPending(); return err == nil && n-p > 8 }, 5*time.Second, 10*time.Millisecond, "mid-run: handled and held requests are out of the head")
 
 		require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
 		signalled := time.Now()
@@ -210,12 +221,12 @@ func TestCrawlerProcessSignals(t *testing.T) {
 		res, err := q.UnlockRequests(ctx, "sigterm-test")
 		require.NoError(t, err)
 		assert.Zero(t, res.UnlockedCount, "no lock left behind")
-		assert.Equal(t, n-handled, pending(), "every request not handled is pending again, at once")
+		assert.Equal(t, n-handled, pending(t), "every request not handled is pending again, at once")
 		assert.NotContains(t, p.stderr.String()+strings.Join(lines, "\n"), token)
 	})
 
 	t.Run("SIGKILL then restart", func(t *testing.T) {
-		before := pending()
+		before := pending(t)
 		p := start(t, crawlerBin, env, "--queue", queueID, "--client-key", "kill-test", "--concurrency", "4",
 			"--lock", "10m", "--work", "300ms")
 		p.waitFor(handledLine, 8) // the first 4 measured the handlers, so more were prefetched
@@ -224,7 +235,7 @@ func TestCrawlerProcessSignals(t *testing.T) {
 		killedHandled := strings.Count(strings.Join(p.rest(), "\n"), "crawler: handled ")
 		// Requests neither handled nor pending are locked by the dead run
 		// (a few more, if it printed "handled" but died before recording it).
-		stranded := before - killedHandled - pending()
+		stranded := before - killedHandled - pending(t)
 		require.Positive(t, stranded, "the killed run left locks for 10 minutes")
 
 		// The same clientKey: the new run takes them back first thing, and
@@ -236,7 +247,7 @@ func TestCrawlerProcessSignals(t *testing.T) {
 		recovered, _ := strconv.Atoi(m[6])
 		assert.GreaterOrEqual(t, recovered, stranded, "every stranded lock recovered at start")
 		assert.LessOrEqual(t, recovered, stranded+4)
-		assert.Zero(t, pending())
+		assert.Zero(t, pending(t))
 		res, err := q.UnlockRequests(ctx, "kill-test")
 		require.NoError(t, err)
 		assert.Zero(t, res.UnlockedCount)
@@ -271,19 +282,30 @@ func TestCrawlerMigrating(t *testing.T) {
 	}
 	_, err = q.BatchAddRequests(ctx, reqs, apify.RequestOptions{ClientKey: runID})
 	require.NoError(t, err)
-	locked := func() int {
+	// countLocked counts the locked requests, or returns an error: it is
+	// also polled in a goroutine of require.Eventually's, which must not
+	// call require.
+	countLocked := func() (int, error) {
 		n := 0
 		for _, err := range q.ListRequests(ctx, apify.ListRequestsOptions{Filter: apify.FilterLocked}) {
-			require.NoError(t, err)
+			if err != nil {
+				return 0, err
+			}
 			n++
 		}
+		return n, nil
+	}
+	locked := func() int {
+		t.Helper()
+		n, err := countLocked()
+		require.NoError(t, err)
 		return n
 	}
 
 	env := []string{"APIFY_API_BASE_URL=" + baseURL, "APIFY_TOKEN=" + runToken, "ACTOR_RUN_ID=" + runID, "ACTOR_EVENTS_WEBSOCKET_URL=" + eventsURL}
 	p := start(t, crawlerBin, env, "--queue", queueID, "--concurrency", "16", "--lock", "10m", "--work", "2s")
 	p.waitFor(handledLine, 16) // the first 16 are handled: more are locked for the next round
-	require.Eventually(t, func() bool { return locked() > 16 }, 5*time.Second, 10*time.Millisecond, "16 running and some prefetched")
+	require.Eventually(t, func() bool { n, err := countLocked(); return err == nil && n > 16 }, 5*time.Second, 10*time.Millisecond, "16 running and some prefetched")
 
 	out, err := exec.Command(serverBin, "event", "migrating", "--time-remaining", remaining.String(), "--base-url", baseURL, "--token", runToken).CombinedOutput()
 	require.NoError(t, err, string(out))
