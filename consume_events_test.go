@@ -298,7 +298,10 @@ func TestConsumeEventShortensAShutdownUnderWay(t *testing.T) {
 }
 
 // The events connection drops and comes back: an event after the reconnect
-// is still acted on.
+// is still acted on, with the same promise as in
+// TestConsumeStopsForPlatformEvents (here in real time, over a WebSocket):
+// Consume returns before the time left is out, no lock of its key or run
+// is left, and the restarted run finishes the crawl.
 func TestConsumeActsOnEventsAfterAReconnect(t *testing.T) {
 	apify.SetPlatformEventTimings(t, time.Millisecond, 10*time.Millisecond, time.Hour)
 	e := newEventCrawl(t, 200, 500*time.Millisecond)
@@ -311,18 +314,23 @@ func TestConsumeActsOnEventsAfterAReconnect(t *testing.T) {
 	<-e.started
 	require.Equal(t, 1, e.srv.DropEventConnections())
 	require.Eventually(t, func() bool { return e.srv.EventConnections() == 1 && e.srv.EventConnectionAttempts() == 2 }, 5*time.Second, time.Millisecond)
-	require.NoError(t, e.srv.SendEvent("aborting", nil))
+	sent := time.Now()
+	e.event(t, migratingEvent(5*time.Second))
 	select {
 	case err := <-done:
-		require.ErrorIs(t, err, apify.ErrAborting)
+		require.ErrorIs(t, err, apify.ErrMigrating)
+		assert.Less(t, time.Since(sent), 5*time.Second, "returned before the time left ran out")
 	case <-time.After(5 * time.Second):
-		t.Fatal("the event after the reconnect was not acted on")
+		t.Fatal("the event after the reconnect was not acted on within its time left")
 	}
-	assert.Empty(t, e.srv.Locked(e.q.ID()))
+	assert.Empty(t, e.srv.LockedBy(e.q.ID(), apifytest.DefaultRunID), "no lock of its clientKey")
+	assert.Empty(t, e.srv.LockedByRun(e.q.ID(), apifytest.DefaultRunID), "no lock of its run")
+	e.finish(t)
 }
 
 // A close with code 1008 is permanent: the client does not dial again (one
-// attempt in all), and Consume goes on without events to the end.
+// attempt in all), and Consume goes on without events to the end, nothing
+// lost.
 func TestConsumeAfterA1008Close(t *testing.T) {
 	apify.SetPlatformEventTimings(t, time.Millisecond, 10*time.Millisecond, time.Hour)
 	e := newEventCrawl(t, 20, 20*time.Millisecond)
@@ -336,8 +344,15 @@ func TestConsumeAfterA1008Close(t *testing.T) {
 	}()
 	<-e.started
 	require.Equal(t, 1, e.srv.CloseEventConnections(1008))
-	require.NoError(t, <-done)
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Consume did not finish the queue after the 1008 close")
+	}
 	assert.Equal(t, 20, stats.Handled)
+	assert.Len(t, e.srv.Handled(e.q.ID()), 20, "nothing lost")
+	assert.Empty(t, e.srv.Locked(e.q.ID()))
 	assert.Equal(t, 1, e.srv.EventConnectionAttempts(), "no reconnect storm: no attempt after the 1008")
 	assert.Error(t, events.Err())
 }
