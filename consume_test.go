@@ -431,6 +431,35 @@ func TestConsumeHandlerTimeout(t *testing.T) {
 			assert.Contains(t, got.ErrorMessages[0], "HandlerTimeout (5s) and had not returned 2s later")
 		})
 	})
+	t.Run("an abandoned handler's late result is ignored while Consume runs on", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			const lock = 12 * time.Second // grace: a sixth of it, 2 s
+			srv, q, ids := memQueue(t, 1)
+			var n atomic.Int32
+			// The abandoned run returns nil at 10 s, while the retry (from 7 s)
+			// runs until 11 s: a late record would mark the request handled at 10 s.
+			var atTen apifytest.RequestState
+			time.AfterFunc(10500*time.Millisecond, func() { atTen, _ = srv.Request(q.ID(), ids[0]) })
+			stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
+				if n.Add(1) == 1 {
+					time.Sleep(10 * time.Second) // ignores ctx, then returns nil
+					return nil
+				}
+				time.Sleep(4 * time.Second)
+				return errors.New("the retry fails")
+			}, apify.ConsumeOptions{ClientKey: "late", Concurrency: 1, LockDuration: lock, HandlerTimeout: 5 * time.Second, MaxRetries: 1})
+			require.NoError(t, err)
+			assert.False(t, atTen.Handled(), "the abandoned run's nil was not recorded")
+			assert.Equal(t, 1, atTen.RetryCount)
+			st, _ := srv.Request(q.ID(), ids[0])
+			assert.Equal(t, 1, st.RetryCount)
+			require.Len(t, st.ErrorMessages, 2, "the abandonment and the retry's failure")
+			assert.Equal(t, "the retry fails", st.ErrorMessages[1])
+			assert.Equal(t, 1, stats.Failed)
+			assert.Zero(t, stats.Handled)
+			assert.Equal(t, 1, stats.Abandoned)
+		})
+	})
 }
 
 // A prolong refused with 403 means another client has the request: the
