@@ -5,8 +5,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -531,7 +529,11 @@ func TestConsumeCallsTable(t *testing.T) {
 				queueID := seedBench(srv, "calls", r.requests)
 				c := srv.Client()
 				if r.latency > 0 {
-					c = srv.Client(apify.WithHTTPClient(&http.Client{Transport: slowTransport{srv.Handler(), r.latency}}))
+					// Every call takes latency: half before the emulator serves
+					// it, half before its answer comes back.
+					for _, op := range apifytest.Operations() {
+						srv.InjectFault(op, apifytest.Fault{Delay: r.latency / 2, ResponseDelay: r.latency - r.latency/2})
+					}
 				}
 				stats, err := c.RequestQueue(queueID).Consume(context.Background(), func(context.Context, *apify.Request) error {
 					time.Sleep(r.work)
@@ -611,38 +613,4 @@ func callBounds(conc int, s, lock time.Duration) bounds {
 	perRequest := func(perHeadLock int) float64 { return 2 + float64(b.prolongs) + 1/float64(perHeadLock) }
 	b.documented, b.floor, b.floorThird = perRequest(documented), perRequest(floor), perRequest(floorThird)
 	return b
-}
-
-// slowTransport serves calls in memory with a handler, like the client of
-// an unstarted apifytest.Server, each taking latency: half before the
-// handler sees it, half after.
-type slowTransport struct {
-	h       http.Handler
-	latency time.Duration
-}
-
-func (t slowTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if err := sleepFor(r.Context(), t.latency/2); err != nil {
-		return nil, err
-	}
-	rec := httptest.NewRecorder()
-	t.h.ServeHTTP(rec, r)
-	if err := sleepFor(r.Context(), t.latency-t.latency/2); err != nil {
-		return nil, err
-	}
-	resp := rec.Result()
-	resp.Request = r
-	return resp, nil
-}
-
-// sleepFor waits d, or until ctx ends (its error).
-func sleepFor(ctx context.Context, d time.Duration) error {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
