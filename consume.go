@@ -275,7 +275,10 @@ type ConsumeStats struct {
 //     the request back and deletes its lock, so it goes to the back of the
 //     queue for another try; after MaxRetries, at once for an error
 //     wrapping ErrNoRetry, or when the request has NoRetry set, it is
-//     marked handled with its errors recorded and counted in Failed. A
+//     marked handled with its errors recorded and counted in Failed (a
+//     failed request carries one more message than retries; when the 10
+//     kept cannot show that, NoRetry is set as well, so that readers such
+//     as apify-rq show still tell it from one that succeeded on a retry). A
 //     handler that has not returned a grace after its ctx ended is
 //     abandoned (Abandoned): at HandlerTimeout its run is recorded at once
 //     as a failed attempt (ErrHandlerAbandoned, naming the request), its

@@ -21,6 +21,13 @@ func (c *consumer) record(l *lease, req, orig *Request, herr error) {
 	case errors.Is(herr, ErrNoRetry) || req.NoRetry || orig.NoRetry || req.RetryCount >= c.o.MaxRetries:
 		req.ErrorMessages = appendError(req.ErrorMessages, herr)
 		req.HandledAt = time.Now().UTC()
+		if len(req.ErrorMessages) <= req.RetryCount {
+			// The messages were clipped (more retries than are kept), so
+			// "one more message than retries" no longer tells a request
+			// that failed for good (as apify-rq show counts them) from one
+			// that succeeded on a retry: noRetry says it.
+			req.NoRetry = true
+		}
 		c.log.Warn("apify: Consume: request failed; giving up", "queue", c.queue, "request", l.id, "url", l.url, "retryCount", req.RetryCount, "error", herr)
 	default:
 		req.RetryCount++

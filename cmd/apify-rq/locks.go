@@ -95,8 +95,9 @@ func lockedIDs(ctx context.Context, q *apify.RequestQueueClient) (map[string]boo
 // errorMessages than retryCount. A consumer that gives up records the last
 // error without counting another retry (Consume and Crawlee both do), while
 // one that succeeds after retries leaves as many errorMessages as retries.
-// (A consumer that keeps only its last few errorMessages, as Consume keeps
-// 10, makes a request failed after more retries than that read as handled.)
+// (A consumer that keeps only its last few errorMessages makes a request
+// failed after more retries than that read as handled, unless it sets
+// noRetry then, as Consume does.)
 func failed(r *apify.Request) bool {
 	return !r.HandledAt.IsZero() && len(r.ErrorMessages) > 0 && (r.NoRetry || len(r.ErrorMessages) > r.RetryCount)
 }

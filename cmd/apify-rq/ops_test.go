@@ -219,6 +219,14 @@ func TestShowInWords(t *testing.T) {
 // seconds), on an emulator in memory; the queue it leaves is then served
 // over HTTP, copied field by field, for the CLI.
 func TestShowCountsWhatConsumeFailed(t *testing.T) {
+	// With MaxRetries 11, a request that failed every time has more retries
+	// than the 10 error messages Consume keeps: it must still read as failed.
+	for _, maxRetries := range []int{2, 11} {
+		t.Run(fmt.Sprintf("MaxRetries=%d", maxRetries), func(t *testing.T) { showCountsWhatConsumeFailed(t, maxRetries) })
+	}
+}
+
+func showCountsWhatConsumeFailed(t *testing.T, maxRetries int) {
 	var states []apifytest.RequestState
 	var stats *apify.ConsumeStats
 	synctest.Test(t, func(t *testing.T) {
@@ -243,7 +251,7 @@ func TestShowCountsWhatConsumeFailed(t *testing.T) {
 				return fmt.Errorf("404: %w", apify.ErrNoRetry)
 			}
 			return nil
-		}, apify.ConsumeOptions{ClientKey: "c", Concurrency: 4, MaxRetries: 2})
+		}, apify.ConsumeOptions{ClientKey: "c", Concurrency: 4, MaxRetries: maxRetries})
 		if err != nil {
 			t.Fatal(err)
 		}
