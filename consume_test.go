@@ -438,8 +438,8 @@ func TestConsumeHandlerTimeout(t *testing.T) {
 			var n atomic.Int32
 			// The abandoned run returns nil at 10 s, while the retry (from 7 s)
 			// runs until 11 s: a late record would mark the request handled at 10 s.
-			var atTen apifytest.RequestState
-			time.AfterFunc(10500*time.Millisecond, func() { atTen, _ = srv.Request(q.ID(), ids[0]) })
+			seen := make(chan apifytest.RequestState, 1)
+			time.AfterFunc(10500*time.Millisecond, func() { st, _ := srv.Request(q.ID(), ids[0]); seen <- st })
 			stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
 				if n.Add(1) == 1 {
 					time.Sleep(10 * time.Second) // ignores ctx, then returns nil
@@ -449,6 +449,7 @@ func TestConsumeHandlerTimeout(t *testing.T) {
 				return errors.New("the retry fails")
 			}, apify.ConsumeOptions{ClientKey: "late", Concurrency: 1, LockDuration: lock, HandlerTimeout: 5 * time.Second, MaxRetries: 1})
 			require.NoError(t, err)
+			atTen := <-seen
 			assert.False(t, atTen.Handled(), "the abandoned run's nil was not recorded")
 			assert.Equal(t, 1, atTen.RetryCount)
 			st, _ := srv.Request(q.ID(), ids[0])
