@@ -240,8 +240,10 @@ func (c *soakConn) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // soakRun is one handler call.
 type soakRun struct {
-	gen *soakGen
-	ctx context.Context
+	gen     *soakGen
+	ctx     context.Context
+	started time.Time
+	lock    string // the request's lock when the run started, as the emulator had it
 	// Guarded by soaker.mu.
 	returned bool // the handler returned (or panicked, or called Goexit)
 	ok       bool // it returned nil
@@ -593,12 +595,16 @@ func failedAttempt(ctx context.Context) bool {
 // startRun records a run, and checks that no earlier run of the request is
 // still going with a live ctx.
 func (sk *soaker) startRun(id string, g *soakGen, ctx context.Context) *soakRun {
-	r := &soakRun{gen: g, ctx: ctx}
+	r := &soakRun{gen: g, ctx: ctx, started: time.Now(), lock: "none"}
+	if st, ok := sk.srv.Request(sk.queueID, id); ok && st.Lock != nil {
+		r.lock = fmt.Sprintf("held by %s for %v more", st.Lock.ClientKey, st.Lock.ExpiresAt.Sub(r.started).Round(time.Millisecond))
+	}
 	sk.mu.Lock()
 	defer sk.mu.Unlock()
 	for _, prev := range sk.runs[id] {
 		if !prev.returned && prev.ctx.Err() == nil {
-			sk.overlaps = append(sk.overlaps, fmt.Sprintf("%s: started by %s while %s's run had a live ctx", id, g.key, prev.gen.key))
+			sk.overlaps = append(sk.overlaps, fmt.Sprintf("%s: started by %s while %s's run had a live ctx (it started %v before, its lock then %s; this one's %s)",
+				id, g.key, prev.gen.key, time.Since(prev.started).Round(time.Millisecond), prev.lock, r.lock))
 		}
 	}
 	sk.runs[id] = append(sk.runs[id], r)

@@ -103,6 +103,13 @@ type Fault struct {
 	// ends: the client's timeout, a closed connection) or the server is
 	// closed (which drops the connection).
 	Delay time.Duration
+	// ServeAfterCallerGone, with a Delay alone, serves the call when the
+	// delay ends even if its caller gave up meanwhile: a call a server had
+	// accepted and carries out although nobody waits for the answer any
+	// more, as a real API may. The caller saw a timeout, yet the change
+	// happens later (a lock delete that lands after the client moved on,
+	// say). It still ends, unserved, when the server is closed.
+	ServeAfterCallerGone bool
 	// Hang never answers the call and does nothing with it: it is held
 	// until the caller gives up (the request's context ends) or the server
 	// is closed, which drops the connection.
@@ -172,6 +179,8 @@ func (f Fault) check(fn string, op Operation) {
 		fail("Fault.DropResponse serves the call and loses its answer, so Status and DropConnection cannot go with it")
 	case f.ResponseDelay != 0 && (f.Status != 0 || f.DropConnection):
 		fail("Fault.ResponseDelay holds back the answer of a call it serves, so Status and DropConnection (which do not serve the call) cannot go with it; a Delay with them makes a slow failure")
+	case f.ServeAfterCallerGone && (f.Delay == 0 || f.Status != 0 || f.DropConnection || f.DropResponse || f.ResponseDelay != 0):
+		fail("Fault.ServeAfterCallerGone serves a call after its Delay whatever its caller did, so it needs a Delay and nothing else (Status, DropConnection, DropResponse, ResponseDelay)")
 	case f.Status != 0 && !f.DropConnection && (f.Status < 400 || f.Status > 599):
 		fail("Fault.Status %d is not an error status (400 to 599); set DropConnection to drop the connection", f.Status)
 	}
@@ -355,11 +364,19 @@ func (fs *faults) inject(w http.ResponseWriter, r *http.Request, op Operation, f
 		fs.held.Add(1)
 		defer fs.held.Add(-1)
 		readBodyFirst(r)
-		switch fs.hold(r.Context(), f) {
+		ctx := r.Context()
+		if f.ServeAfterCallerGone {
+			ctx = context.WithoutCancel(ctx)
+		}
+		switch fs.hold(ctx, f) {
 		case callerGone:
 			return // nobody to answer, nothing done
 		case serverClosing:
 			dropConnection(w)
+			return
+		}
+		if f.ServeAfterCallerGone && r.Context().Err() != nil {
+			serve(httptest.NewRecorder()) // done, and nobody hears of it
 			return
 		}
 	}

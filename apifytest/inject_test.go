@@ -3,6 +3,7 @@ package apifytest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -54,6 +55,49 @@ func waitUnheld(t *testing.T, s *Server) {
 	}
 }
 
+// ServeAfterCallerGone: the caller gives up during the Delay, and the call
+// is carried out when the delay ends anyway (a lock delete that lands after
+// the client moved on). Without it the same call is never served.
+func TestFaultServeAfterCallerGone(t *testing.T) {
+	for _, ghost := range []bool{true, false} {
+		t.Run(fmt.Sprintf("ServeAfterCallerGone=%v", ghost), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				s := NewUnstartedServer()
+				q, ids := faultQueue(s, 1)
+				c := s.Client(apify.WithMaxRetries(0))
+				lockHead(t, c, q, "k", 1)
+				s.FailNext(OpDeleteRequestLock, 1, Fault{Delay: 5 * time.Second, ServeAfterCallerGone: ghost})
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				start := time.Now()
+				err := c.RequestQueue(q).DeleteRequestLock(ctx, ids[0], apify.DeleteLockOptions{ClientKey: "k"})
+				if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) != time.Second {
+					t.Errorf("after %v: %v, want the 1s deadline", time.Since(start), err)
+				}
+				time.Sleep(3 * time.Second)
+				if st, _ := s.Request(q, ids[0]); st.Lock == nil {
+					t.Error("the lock was deleted before the delay ended")
+				}
+				time.Sleep(2 * time.Second)
+				synctest.Wait()
+				st, _ := s.Request(q, ids[0])
+				if deleted := st.Lock == nil; deleted != ghost {
+					t.Errorf("lock deleted when the delay ended: %v, want %v", deleted, ghost)
+				}
+				if n := s.faults.held.Load(); n != 0 {
+					t.Errorf("%d calls still held", n)
+				}
+			})
+		})
+	}
+	defer func() {
+		if p := recover(); p == nil || !strings.Contains(fmt.Sprint(p), "needs a Delay") {
+			t.Errorf("ServeAfterCallerGone without a Delay: panic %v", p)
+		}
+	}()
+	NewUnstartedServer().InjectFault(OpDeleteRequestLock, Fault{ServeAfterCallerGone: true, DropResponse: true})
+}
+
 func TestFaultDelay(t *testing.T) {
 	t.Run("in memory: held, then served with the clock read after the delay", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
@@ -98,6 +142,7 @@ func TestFaultDelay(t *testing.T) {
 			if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) != time.Second {
 				t.Errorf("after %v: %v, want the 1s deadline", time.Since(start), err)
 			}
+			synctest.Wait() // the server's side notices the caller gone on its own
 			if n := s.faults.held.Load(); n != 0 {
 				t.Errorf("%d calls still held", n)
 			}
@@ -183,6 +228,7 @@ func TestFaultHang(t *testing.T) {
 			if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) != 10*time.Second {
 				t.Errorf("after %v: %v, want the 10s deadline", time.Since(start), err)
 			}
+			synctest.Wait() // the server's side notices the caller gone on its own
 			if n := s.faults.held.Load(); n != 0 {
 				t.Errorf("%d calls still held", n)
 			}
@@ -427,6 +473,7 @@ func TestFaultResponseDelay(t *testing.T) {
 			if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) != time.Second {
 				t.Errorf("after %v: %v, want the 1s deadline", time.Since(start), err)
 			}
+			synctest.Wait() // the server's side notices the caller gone on its own
 			if n := s.faults.held.Load(); n != 0 {
 				t.Errorf("%d calls still held", n)
 			}

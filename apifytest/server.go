@@ -421,21 +421,42 @@ func (s *Server) Client(opts ...apify.Option) *apify.Client {
 // memoryTransport serves requests with a handler in memory.
 type memoryTransport struct{ h http.Handler }
 
-func (t memoryTransport) RoundTrip(r *http.Request) (resp *http.Response, err error) {
-	rec := httptest.NewRecorder()
-	defer func() {
-		if p := recover(); p != nil {
-			if p != http.ErrAbortHandler {
-				panic(p)
+func (t memoryTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	type result struct {
+		rec   *httptest.ResponseRecorder
+		panic any
+	}
+	// The handler runs on its own, so that a caller that gives up returns
+	// at once, as over a network, while a call the server goes on with
+	// (Fault.ServeAfterCallerGone) is still carried out.
+	done := make(chan result, 1)
+	go func() {
+		rec := httptest.NewRecorder()
+		defer func() {
+			p := recover()
+			if p == http.ErrAbortHandler {
+				rec, p = nil, nil // the handler dropped the connection
 			}
-			resp, err = nil, io.ErrUnexpectedEOF // the handler dropped the connection
-		}
+			done <- result{rec, p}
+		}()
+		t.h.ServeHTTP(rec, r)
 	}()
-	t.h.ServeHTTP(rec, r)
+	var res result
+	select {
+	case res = <-done:
+	case <-r.Context().Done():
+		return nil, r.Context().Err()
+	}
+	if res.panic != nil {
+		panic(res.panic)
+	}
 	if err := r.Context().Err(); err != nil {
 		return nil, err
 	}
-	resp = rec.Result()
+	if res.rec == nil {
+		return nil, io.ErrUnexpectedEOF
+	}
+	resp := res.rec.Result()
 	resp.Request = r
 	return resp, nil
 }
