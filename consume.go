@@ -266,7 +266,12 @@ type ConsumeStats struct {
 //     prolong is refused (403, 404), the lease ends: the handler's ctx ends
 //     (cause ErrLockLost), every call made under the lock (the get, the
 //     result's update, the lock's delete) gives up, nothing more is recorded
-//     for the request, and it counts in LocksLost.
+//     for the request, and it counts in LocksLost. A lock delete of this
+//     consumer's whose attempt went unanswered (a timeout, a dropped
+//     connection) may still be carried out by the API later, and would
+//     delete a lock taken since under the same clientKey: a request locked
+//     again while such a delete is under way, or within the margin after
+//     it, has its lock checked with a prolong before its handler runs.
 //  4. Results: the handler gets the request as GetRequest returns it, and
 //     changes it makes to UserData are saved. nil marks the request handled
 //     (which also releases its lock). An error (or a panic, a Goexit, or

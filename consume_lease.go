@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 )
@@ -45,12 +46,17 @@ type lease struct {
 	// may still delete this lock, so a worker waits for it to end and
 	// checks the lock before it runs the handler.
 	after *lease
+	// check says that the lock must be checked with a prolong before the
+	// handler runs: it was locked while, or soon after, this consumer
+	// deleted a lock of the same request (see keeper.deleted).
+	check bool
 
 	mu        sync.Mutex
 	state     leaseState
 	deadline  time.Time   // local estimate of the lock's expiry (never later than the server's)
 	expiry    *time.Timer // fires margin before deadline: the lease is lost
 	recording bool        // its result is being written
+	deleting  bool        // a delete of its lock was sent that may land later
 	fails     int         // renewals that failed in a row
 
 	// next is the keeper's next action on it, and slot its place in the
@@ -85,6 +91,16 @@ type keeper struct {
 	mu    sync.Mutex
 	held  map[string]*lease
 	sched leaseHeap
+	// deleted holds, per request, when the last lease that sent a delete
+	// of its lock with an attempt left unanswered ended, for settle;
+	// deletes lists them oldest first, to forget them. Such an attempt
+	// (a timeout, a dropped connection) may still be carried out by the
+	// API after the client moved on, and delete a lock taken meanwhile
+	// under the same clientKey: a request locked again within settle is
+	// checked before its handler runs.
+	deleted map[string]time.Time
+	deletes []recentDelete
+	settle  time.Duration
 
 	wake    chan struct{}
 	renewal chan struct{} // semaphore: consumeRenewParallelism renewals at once
@@ -95,6 +111,8 @@ func newKeeper(c *consumer) *keeper {
 	return &keeper{
 		c:       c,
 		held:    map[string]*lease{},
+		deleted: map[string]time.Time{},
+		settle:  c.margin,
 		wake:    make(chan struct{}, 1),
 		renewal: make(chan struct{}, renewParallelism(c.o.Concurrency)),
 	}
@@ -108,6 +126,7 @@ func (k *keeper) add(items []LockedRequest, sent time.Time, dur time.Duration) [
 	out := make([]*lease, 0, len(items))
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	k.forgetDeletesLocked(time.Now())
 	for _, it := range items {
 		old, dup := k.held[it.ID]
 		if dup && !old.releasedOrDone() {
@@ -117,7 +136,10 @@ func (k *keeper) add(items []LockedRequest, sent time.Time, dur time.Duration) [
 		// lease replaces the old one in held, and waits for it (see after).
 		l := &lease{id: it.ID, url: it.URL, lockedAt: sent, dur: dur, deadline: sent.Add(dur), slot: -1}
 		if dup {
-			l.after = old
+			l.after, l.check = old, true
+		}
+		if _, recent := k.deleted[it.ID]; recent {
+			l.check = true
 		}
 		l.ctx, l.end = context.WithCancelCause(c.ops)
 		// l.mu is held until the lease is set up: a timer that fires at
@@ -221,11 +243,18 @@ func (k *keeper) endLease(l *lease, cause error) bool {
 	}
 	l.state = leaseDone
 	l.expiry.Stop()
+	deleting := l.deleting
 	l.mu.Unlock()
 	l.end(cause)
 	k.mu.Lock()
 	if k.held[l.id] == l {
 		delete(k.held, l.id)
+	}
+	if deleting {
+		now := time.Now()
+		k.forgetDeletesLocked(now)
+		k.deleted[l.id] = now
+		k.deletes = append(k.deletes, recentDelete{l.id, now})
 	}
 	if l.slot >= 0 {
 		heap.Remove(&k.sched, l.slot) // the schedule holds only held leases
@@ -434,4 +463,54 @@ func errOrNone(err error) any {
 		return "none"
 	}
 	return err
+}
+
+// recentDelete is a lease that sent a delete of its request's lock, ended
+// at at.
+type recentDelete struct {
+	id string
+	at time.Time
+}
+
+// forgetDeletesLocked forgets the deletes that ended settle or more before
+// now; k.mu is held.
+func (k *keeper) forgetDeletesLocked(now time.Time) {
+	n := 0
+	for _, d := range k.deletes {
+		if now.Sub(d.at) < k.settle {
+			break
+		}
+		if k.deleted[d.id].Equal(d.at) {
+			delete(k.deleted, d.id)
+		}
+		n++
+	}
+	if n > 0 {
+		k.deletes = slices.Delete(k.deletes, 0, n)
+	}
+}
+
+// settled returns when a delete of id's lock this consumer sent can no
+// longer land: settle after the lease that sent it ended (zero when none
+// is remembered).
+func (k *keeper) settled(id string) time.Time {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	at, ok := k.deleted[id]
+	if !ok {
+		return time.Time{}
+	}
+	return at.Add(k.settle)
+}
+
+// deleteMayLand marks l, when unanswered, as having sent a delete of its
+// lock an attempt of which ended without an answer: the API may still
+// carry it out after the call returned.
+func (l *lease) deleteMayLand(unanswered bool) {
+	if !unanswered {
+		return
+	}
+	l.mu.Lock()
+	l.deleting = true
+	l.mu.Unlock()
 }

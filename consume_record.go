@@ -101,6 +101,8 @@ func (c *consumer) record(l *lease, req, orig *Request, herr error) {
 		// ours any more: most often a retry after the answer to a delete
 		// that did release it was lost. It is a release, not a lost lock.
 		err := c.underLease(l, "delete lock", func(ctx context.Context) error {
+			ctx, unanswered := withUnansweredFlag(ctx)
+			defer func() { l.deleteMayLand(unanswered.Load()) }()
 			return c.q.DeleteRequestLock(ctx, l.id, DeleteLockOptions{ClientKey: c.o.ClientKey, Forefront: false})
 		})
 		if err != nil && !isLockRefused(err) && !l.lost() {
@@ -210,7 +212,9 @@ func (c *consumer) release(l *lease, atExit bool) {
 		defer func() { <-c.releaseSlots }()
 	}
 	c.calls.Add(1)
+	ctx, unanswered := withUnansweredFlag(ctx)
 	err := c.q.DeleteRequestLock(ctx, l.id, DeleteLockOptions{ClientKey: c.o.ClientKey, Forefront: true})
+	l.deleteMayLand(unanswered.Load())
 	switch {
 	case err == nil || isLockRefused(err):
 		// A 403 means the lock is not ours any more: most often the retry

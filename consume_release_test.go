@@ -2,7 +2,10 @@ package apify_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -102,5 +105,56 @@ func TestConsumeARetriedReleaseDoesNotDeleteANewLock(t *testing.T) {
 		require.Equal(t, 2, srv.Faulted(apifytest.OpDeleteRequestLock), "the scenario: R's release lost its answer, and the retry was held")
 		assert.Empty(t, taken, "another client took a request while its handler here had a live ctx")
 		assert.Zero(t, stats.LocksLost, "no lock lapsed: the API answered every call")
+	})
+}
+
+// A failed attempt's lock delete times out on the client, which retries
+// it (204), but the API carries out the first attempt a while later (a
+// call it had accepted): had the request been locked again at once and its
+// handler started, that late delete would remove the new lock under a live
+// handler, and another client could take the request. Consume waits the
+// settle time (the margin) after such a delete before it runs a request
+// it locked again, and checks the lock with a prolong: the late delete
+// has landed by then, the prolong is refused, and the request is locked
+// afresh (here once another client's lock on it has expired: it took the
+// request when the late delete freed it). Every run's lock is held, by this
+// consumer, while its handler runs.
+func TestConsumeALateLockDeleteCannotRemoveANewLock(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const lock = 12 * time.Second // margin and settle: 1.2 s
+		srv, q, ids := memQueue(t, 1)
+		q = srv.Client(apify.WithTimeout(500 * time.Millisecond)).RequestQueue(q.ID())
+		srv.FailNext(apifytest.OpDeleteRequestLock, 1, apifytest.Fault{Delay: time.Second, ServeAfterCallerGone: true})
+		var runs atomic.Int32
+		var unlockedUnder []string
+		var mu sync.Mutex
+		held := func(when string) {
+			st, _ := srv.Request(q.ID(), ids[0])
+			if st.Lock == nil || st.Lock.ClientKey != "late" {
+				mu.Lock()
+				unlockedUnder = append(unlockedUnder, fmt.Sprintf("run %d, %s (at %v): lock %+v", runs.Load(), when, time.Now().Format("05.000"), st.Lock))
+				mu.Unlock()
+			}
+		}
+		// Another client looks for work just after the late delete lands.
+		time.AfterFunc(1050*time.Millisecond, func() {
+			_, _ = srv.Client().RequestQueue(q.ID()).ListAndLockHead(context.Background(), apify.LockHeadOptions{Limit: 1, LockDuration: lock, ClientKey: "other"})
+		})
+		stats, err := q.Consume(context.Background(), func(ctx context.Context, req *apify.Request) error {
+			if runs.Add(1) == 1 {
+				return errors.New("try again")
+			}
+			held("at its start")
+			time.Sleep(2 * time.Second)
+			held("2 s in")
+			return nil
+		}, apify.ConsumeOptions{ClientKey: "late", LockDuration: lock})
+		require.NoError(t, err)
+		assert.Empty(t, unlockedUnder, "a handler ran without the lock")
+		assert.Equal(t, 1, stats.Handled)
+		assert.Equal(t, 1, stats.Retried)
+		assert.Zero(t, stats.LocksLost)
+		assert.Equal(t, 2, srv.Calls(apifytest.OpDeleteRequestLock), "the delete the client gave up on, and its retry")
+		assert.Positive(t, srv.Calls(apifytest.OpProlongRequestLock), "the lock taken again was checked")
 	})
 }

@@ -55,7 +55,7 @@ func (c *consumer) process(l *lease) bool {
 		c.unstartRunning(l) // stopping: start no new work
 		return false
 	}
-	if l.after != nil && !c.checkRelocked(l) {
+	if l.check && !c.checkRelocked(l) {
 		return false
 	}
 	req, ok := c.fetch(l)
@@ -185,15 +185,23 @@ func (c *consumer) abandon(l *lease, orig *Request, cause error, waited time.Dur
 	}
 }
 
-// checkRelocked makes sure that a request locked again while its earlier
-// release was under way is still ours: it waits for that release to end
-// (a retry of it, after a lost answer, may have deleted the new lock) and
-// prolongs the lock. It reports false when the lock is gone: the request is
-// back in the queue (or someone else's), and is skipped here.
+// checkRelocked makes sure that a request locked again while, or soon
+// after, this consumer deleted a lock of it is still ours: a retry of that
+// delete (after a lost answer), or an attempt the client gave up on that
+// the API carried out later, may have deleted the new lock, which is under
+// the same clientKey. It waits for the earlier lease to end and then for
+// the keeper's settle time (the margin) after it, and prolongs the lock. It
+// reports false when the lock is gone: the request is back in the queue (or
+// someone else's), and is skipped here.
 func (c *consumer) checkRelocked(l *lease) bool {
-	select {
-	case <-l.after.ctx.Done():
-	case <-l.ctx.Done():
+	if l.after != nil {
+		select {
+		case <-l.after.ctx.Done():
+		case <-l.ctx.Done():
+			return false
+		}
+	}
+	if wait := time.Until(c.keeper.settled(l.id)); wait > 0 && !sleepCtx(l.ctx, wait) {
 		return false
 	}
 	var sent time.Time

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 )
 
@@ -80,6 +81,9 @@ func holdRedirect(resp *http.Response, body *bufferedBody) {
 // attemptError marks err as an attempt timeout when this attempt's own
 // deadline ended it (and not the caller's context).
 func (t *attemptTransport) attemptError(ctx context.Context, err error) error {
+	if flag, ok := ctx.Value(unansweredKey{}).(*atomic.Bool); ok {
+		flag.Store(true)
+	}
 	if context.Cause(ctx) == errAttemptDeadline {
 		return &attemptTimeoutError{timeout: t.timeout, err: err}
 	}
@@ -193,4 +197,19 @@ func responseBody(resp *http.Response) []byte {
 func bodyTruncated(resp *http.Response) bool {
 	b, ok := resp.Body.(*bufferedBody)
 	return ok && b.truncated
+}
+
+// unansweredKey holds, in a call's context, an *atomic.Bool that an attempt
+// sets when it ends without a complete answer: the API may have received
+// it and may still carry it out, after the call returned (see
+// withUnansweredFlag).
+type unansweredKey struct{}
+
+// withUnansweredFlag returns ctx with a flag that the call's attempts set
+// when one of them ends without a complete answer (a timeout, a dropped
+// connection, the caller giving up), whatever the call's outcome: a retry
+// may succeed while the API still holds the first attempt.
+func withUnansweredFlag(ctx context.Context) (context.Context, *atomic.Bool) {
+	flag := new(atomic.Bool)
+	return context.WithValue(ctx, unansweredKey{}, flag), flag
 }
