@@ -225,7 +225,11 @@ func TestConsumeHoldsNoMoreThanItsSlotsAndPrefetch(t *testing.T) {
 		}, apify.ConsumeOptions{ClientKey: "bounded", Concurrency: 2, Prefetch: 3})
 		require.NoError(t, err)
 		assert.Equal(t, 60, stats.Handled)
-		assert.Equal(t, int32(5), most.Load(), "2 running and 3 prefetched at most, and that many once measured")
+		// Handlers read the locks as they start, a moment before the locker
+		// fills the prefetch again: the most they see is 5 or, as the
+		// goroutines happen to run (under -race, say), 4.
+		assert.LessOrEqual(t, most.Load(), int32(5), "2 running and 3 prefetched at most")
+		assert.GreaterOrEqual(t, most.Load(), int32(4), "the prefetch is used once measured")
 	})
 }
 
