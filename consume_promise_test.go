@@ -173,22 +173,30 @@ func TestConsumeRecordsNothingOnceTheLockIsLost(t *testing.T) {
 // each other's locks at start and at exit: the second fails at once,
 // before any call, with ErrConsumeInProgress; inside an Actor run, whatever
 // its clientKey.
+// consumeUntilStopped starts a Consume of q under clientKey whose handlers
+// run until their ctx ends, and returns once the first runs: ctx is the
+// one it was given, cancel stops it, and done gets what it returned.
+func consumeUntilStopped(q *apify.RequestQueueClient, clientKey string) (ctx context.Context, cancel context.CancelFunc, done <-chan error) {
+	ctx, cancel = context.WithCancel(context.Background())
+	running := make(chan struct{})
+	var once sync.Once
+	result := make(chan error, 1)
+	go func() {
+		_, err := q.Consume(ctx, func(ctx context.Context, _ *apify.Request) error {
+			once.Do(func() { close(running) })
+			<-ctx.Done()
+			return ctx.Err()
+		}, apify.ConsumeOptions{ClientKey: clientKey})
+		result <- err
+	}()
+	<-running
+	return ctx, cancel, result
+}
+
 func TestConsumeRefusesASecondConsumerOnTheSameQueueAndKey(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv, q, _ := memQueue(t, 3)
-		ctx, cancel := context.WithCancel(context.Background())
-		running := make(chan struct{})
-		var once sync.Once
-		done := make(chan error, 1)
-		go func() {
-			_, err := q.Consume(ctx, func(ctx context.Context, _ *apify.Request) error {
-				once.Do(func() { close(running) })
-				<-ctx.Done()
-				return ctx.Err()
-			}, apify.ConsumeOptions{}) // the zero ClientKey: DefaultClientKey()
-			done <- err
-		}()
-		<-running
+		ctx, cancel, done := consumeUntilStopped(q, "") // the zero ClientKey: DefaultClientKey()
 		synctest.Wait()
 		before := totalCalls(srv)
 		for _, key := range []string{"", apify.DefaultClientKey()} {
@@ -217,18 +225,7 @@ func TestConsumeRefusesASecondConsumerOfAQueueInAnActorRun(t *testing.T) {
 	t.Setenv("ACTOR_RUN_ID", "run-refuses-a-second")
 	synctest.Test(t, func(t *testing.T) {
 		_, q, _ := memQueue(t, 1)
-		ctx, cancel := context.WithCancel(context.Background())
-		running := make(chan struct{})
-		done := make(chan error, 1)
-		go func() {
-			_, err := q.Consume(ctx, func(ctx context.Context, _ *apify.Request) error {
-				close(running)
-				<-ctx.Done()
-				return ctx.Err()
-			}, apify.ConsumeOptions{ClientKey: "one"})
-			done <- err
-		}()
-		<-running
+		ctx, cancel, done := consumeUntilStopped(q, "one")
 		_, err := q.Consume(ctx, func(context.Context, *apify.Request) error { return nil }, apify.ConsumeOptions{ClientKey: "two"})
 		require.ErrorIs(t, err, apify.ErrConsumeInProgress)
 		assert.Contains(t, err.Error(), "run-refuses-a-second")

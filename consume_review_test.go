@@ -271,18 +271,7 @@ func TestConsumeDoesNotFinishWhileItHoldsARequest(t *testing.T) {
 func TestConsumeRegistryKeysTheBaseURL(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		_, q, _ := memQueue(t, 1)
-		ctx, cancel := context.WithCancel(context.Background())
-		running := make(chan struct{})
-		done := make(chan error, 1)
-		go func() {
-			_, err := q.Consume(ctx, func(ctx context.Context, _ *apify.Request) error {
-				close(running)
-				<-ctx.Done()
-				return ctx.Err()
-			}, apify.ConsumeOptions{ClientKey: "same"})
-			done <- err
-		}()
-		<-running
+		_, cancel, done := consumeUntilStopped(q, "same")
 		elsewhere := apifytest.NewUnstartedServer()
 		stats, err := elsewhere.Client(apify.WithBaseURL("http://elsewhere.invalid")).RequestQueue(q.ID()).Consume(context.Background(),
 			func(context.Context, *apify.Request) error { return nil }, apify.ConsumeOptions{ClientKey: "same"})
