@@ -293,27 +293,28 @@ func members(owner string, x ast.Expr, report func(pos token.Pos, kind, name str
 // receiverName is the name of a method's receiver type: T for T, *T, T[K]
 // and *T[K, V].
 func receiverName(x ast.Expr) string {
-	for {
-		switch e := x.(type) {
-		case *ast.StarExpr:
-			x = e.X
-		case *ast.ParenExpr:
-			x = e.X
-		case *ast.IndexExpr:
-			x = e.X
-		case *ast.IndexListExpr:
-			x = e.X
-		case *ast.Ident:
-			return e.Name
-		default:
-			return ""
-		}
+	if id, ok := typeName(x).(*ast.Ident); ok {
+		return id.Name
 	}
+	return ""
 }
 
 // embeddedName is the name an embedded field takes from its type: T for T,
 // *T, pkg.T and T[K].
 func embeddedName(x ast.Expr) *ast.Ident {
+	switch e := typeName(x).(type) {
+	case *ast.Ident:
+		return e
+	case *ast.SelectorExpr:
+		return e.Sel
+	}
+	return ast.NewIdent("_") // not valid Go: gofmt would not parse it either
+}
+
+// typeName strips pointers, parentheses and type arguments from a type
+// expression, leaving its name: an *ast.Ident, an *ast.SelectorExpr
+// (pkg.T), or whatever else it is.
+func typeName(x ast.Expr) ast.Expr {
 	for {
 		switch e := x.(type) {
 		case *ast.StarExpr:
@@ -324,12 +325,8 @@ func embeddedName(x ast.Expr) *ast.Ident {
 			x = e.X
 		case *ast.IndexListExpr:
 			x = e.X
-		case *ast.SelectorExpr:
-			return e.Sel
-		case *ast.Ident:
-			return e
-		default: // not valid Go: gofmt would not parse it either
-			return ast.NewIdent("_")
+		default:
+			return x
 		}
 	}
 }
