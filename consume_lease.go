@@ -51,13 +51,13 @@ type lease struct {
 	// deleted a lock of the same request (see keeper.deleted).
 	check bool
 
-	mu        sync.Mutex
-	state     leaseState
-	deadline  time.Time   // local estimate of the lock's expiry (never later than the server's)
-	expiry    *time.Timer // fires margin before deadline: the lease is lost
-	recording bool        // its result is being written
-	deleting  bool        // a delete of its lock was sent that may land later
-	fails     int         // renewals that failed in a row
+	mu               sync.Mutex
+	state            leaseState
+	deadline         time.Time   // local estimate of the lock's expiry (never later than the server's)
+	expiry           *time.Timer // fires margin before deadline: the lease is lost
+	recording        bool        // its result is being written
+	unansweredDelete bool        // a delete of its lock went unanswered: it may land later
+	fails            int         // renewals that failed in a row
 
 	// next is the keeper's next action on it, and slot its place in the
 	// keeper's schedule (-1: not in it); both guarded by keeper.mu.
@@ -243,14 +243,14 @@ func (k *keeper) endLease(l *lease, cause error) bool {
 	}
 	l.state = leaseDone
 	l.expiry.Stop()
-	deleting := l.deleting
+	unansweredDelete := l.unansweredDelete
 	l.mu.Unlock()
 	l.end(cause)
 	k.mu.Lock()
 	if k.held[l.id] == l {
 		delete(k.held, l.id)
 	}
-	if deleting {
+	if unansweredDelete {
 		now := time.Now()
 		k.forgetDeletesLocked(now)
 		k.deleted[l.id] = now
@@ -511,6 +511,6 @@ func (l *lease) deleteMayLand(unanswered bool) {
 		return
 	}
 	l.mu.Lock()
-	l.deleting = true
+	l.unansweredDelete = true
 	l.mu.Unlock()
 }

@@ -70,9 +70,10 @@ func (c *consumer) process(l *lease) bool {
 	orig.ErrorMessages = slices.Clone(req.ErrorMessages)
 	orig.UserData, orig.Payload, orig.Headers = slices.Clone(req.UserData), slices.Clone(req.Payload), slices.Clone(req.Headers)
 
-	waited, herr, cause := c.runHandler(l, req)
-	if waited > 0 {
-		c.abandon(l, &orig, cause, waited)
+	out := c.runHandler(l, req)
+	herr, cause := out.err, out.cause
+	if out.abandoned {
+		c.abandon(l, &orig, cause, out.waited)
 		return true
 	}
 	switch {
@@ -93,14 +94,21 @@ func (c *consumer) process(l *lease) bool {
 	return true
 }
 
+// handlerOutcome is how a handler's run ended.
+type handlerOutcome struct {
+	err   error // what the handler returned (nil when abandoned)
+	cause error // why its ctx ended; nil if it did not
+	// abandoned: the handler had not returned a grace after its ctx ended,
+	// and was waited for that long; its goroutine is left running.
+	abandoned bool
+	waited    time.Duration
+}
+
 // runHandler calls the handler in a goroutine of its own, with a ctx that
-// ends at HandlerTimeout, when the lease ends, or when the drain is over.
-// It returns what the handler returned and why its ctx ended (nil if it did
-// not). When the handler had not returned a grace after its ctx ended, it
-// is abandoned: abandonedAfter is then how long it was waited for (more
-// than 0), the handler's goroutine is left running, and req (which it may
-// still be changing) must not be read.
-func (c *consumer) runHandler(l *lease, req *Request) (abandonedAfter time.Duration, herr, cause error) {
+// ends at HandlerTimeout, when the lease ends, or when the drain is over,
+// and returns how the run ended. Once the handler is abandoned, req (which
+// it may still be changing) must not be read.
+func (c *consumer) runHandler(l *lease, req *Request) handlerOutcome {
 	hctx, cancel := context.WithCancelCause(l.ctx)
 	defer cancel(nil)
 	timeout := time.AfterFunc(c.o.HandlerTimeout, func() { cancel(ErrHandlerTimeout) })
@@ -111,29 +119,29 @@ func (c *consumer) runHandler(l *lease, req *Request) (abandonedAfter time.Durat
 	done := make(chan error, 1) // never blocks the handler's goroutine, even abandoned
 	go c.call(hctx, req, done)
 	select {
-	case herr = <-done:
-		return 0, herr, context.Cause(hctx)
+	case herr := <-done:
+		return handlerOutcome{err: herr, cause: context.Cause(hctx)}
 	case <-hctx.Done():
 	}
-	cause = context.Cause(hctx)
+	cause := context.Cause(hctx)
 	stopped := time.Now()
-	// abandoned is how long the handler was waited for after its ctx ended
-	// (never 0: it reports the abandonment).
-	abandoned := func() time.Duration { return max(time.Since(stopped), time.Nanosecond) }
+	abandoned := func() handlerOutcome {
+		return handlerOutcome{cause: cause, abandoned: true, waited: time.Since(stopped)}
+	}
 	grace := c.grace
 	drained := c.drain.Done()
 	if errors.Is(cause, ErrShuttingDown) {
 		grace, drained = time.Duration(c.shutdownGrace.Load()), nil
 	}
-	end := time.Now().Add(grace)
+	end := stopped.Add(grace)
 	t := time.NewTimer(grace)
 	defer t.Stop()
 	for {
 		select {
-		case herr = <-done:
-			return 0, herr, cause
+		case herr := <-done:
+			return handlerOutcome{err: herr, cause: cause}
 		case <-t.C:
-			return abandoned(), nil, cause
+			return abandoned()
 		case <-drained:
 			// The drain ended during the grace (of a HandlerTimeout, or a
 			// lost lock): the shutdown's grace, if shorter, applies from now.
@@ -141,7 +149,7 @@ func (c *consumer) runHandler(l *lease, req *Request) (abandonedAfter time.Durat
 			end = minTime(end, time.Now().Add(time.Duration(c.shutdownGrace.Load())))
 			t.Reset(time.Until(end))
 		case <-c.ops.Done():
-			return abandoned(), nil, cause // the end of the shutdown: no more waiting
+			return abandoned() // the end of the shutdown: no more waiting
 		}
 	}
 }

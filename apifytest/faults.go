@@ -366,6 +366,8 @@ func (fs *faults) inject(w http.ResponseWriter, r *http.Request, op Operation, f
 		readBodyFirst(r)
 		ctx := r.Context()
 		if f.ServeAfterCallerGone {
+			// Served below whatever the caller does (its answer, written to
+			// a connection nobody reads, goes nowhere).
 			ctx = context.WithoutCancel(ctx)
 		}
 		switch fs.hold(ctx, f) {
@@ -373,10 +375,6 @@ func (fs *faults) inject(w http.ResponseWriter, r *http.Request, op Operation, f
 			return // nobody to answer, nothing done
 		case serverClosing:
 			dropConnection(w)
-			return
-		}
-		if f.ServeAfterCallerGone && r.Context().Err() != nil {
-			serve(httptest.NewRecorder()) // done, and nobody hears of it
 			return
 		}
 	}
